@@ -1,0 +1,20 @@
+"""AlphaDecay: module-wise weight decay from the heavy-tailedness of each module's weight spectrum.
+
+    import alphadecay
+    stats = alphadecay.analyze(model)
+    policy = alphadecay.AlphaDecay(model, weight_decay=1e-5, wd_min_ratio=0.6666, wd_max_ratio=3.0, update_every=500)
+    optimizer = torch.optim.AdamW(policy.param_groups(), lr=1e-3)
+    ...
+    policy.step(optimizer, step)   # after backward, before optimizer.step()
+"""
+from .analysis import analyze, module_type, score_modules
+from .assign import assign
+from .esd import eigenvalues, linear_modules, weight_metrics
+from .powerlaw import fit_power_law
+from .strategies import (AWD, STRATEGIES, AdaDecay, AlphaDecay, Assignment, DecayStrategy, NoDecay, Uniform,
+                         build_strategy)
+
+__all__ = ["analyze", "module_type", "score_modules", "assign", "eigenvalues", "linear_modules", "weight_metrics",
+           "fit_power_law", "AWD", "STRATEGIES", "AdaDecay", "AlphaDecay", "Assignment", "DecayStrategy", "NoDecay",
+           "Uniform", "build_strategy"]
+__version__ = "0.1.0"

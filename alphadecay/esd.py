@@ -1,0 +1,171 @@
+"""Empirical spectral densities (ESDs) of a model's linear weights and the metrics built on them.
+
+The eigenvalues of W^T W are the squared singular values of W. They are computed from the smaller
+Gram matrix (W^T W or W W^T) with a symmetric eigensolver, on the weights' own device, with every
+Gram matrix of the same size solved in one batched call. That is several times faster than the
+release's one-``svdvals``-per-matrix loop and never forms more than min(out, in)^2 numbers per
+matrix.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .powerlaw import EVALS_THRESH, fit_power_law
+
+METRICS = ("alpha", "alphahat", "D", "spectral_norm", "fnorm", "stable_rank", "entropy", "num_eigs")
+# Matrices of a shape group are stacked at most this many bytes at a time (bounds peak memory).
+_STACK_BYTES = 1 << 30
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / torch.compile wrappers, so module names match the checkpoint."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def is_linear(module: nn.Module) -> bool:
+    # transformers' GPT-2 uses Conv1D, a linear layer with a transposed weight; the ESD is the same.
+    return isinstance(module, nn.Linear) or (
+        type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
+        and module.weight.dim() == 2)
+
+
+def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every linear module, in ``named_modules`` order (the order the release calls first/last)."""
+    return [(name, m) for name, m in unwrap(model).named_modules() if is_linear(m)]
+
+
+def _solve_eigvalsh(grams: torch.Tensor) -> torch.Tensor:
+    """Batched symmetric eigenvalues; on CPU the batch is split across threads.
+
+    LAPACK's eigensolver barely uses a second core on one matrix, so running independent matrices
+    on separate threads (one BLAS thread each) is what makes the batch fast on CPU.
+    """
+    threads = torch.get_num_threads()
+    if grams.device.type != "cpu" or threads < 2 or grams.shape[0] < 2:
+        return torch.linalg.eigvalsh(grams)
+    parts = grams.chunk(min(threads, grams.shape[0]))
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            return torch.cat(list(pool.map(torch.linalg.eigvalsh, parts)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _gram(stack: torch.Tensor) -> torch.Tensor:
+    out, inp = stack.shape[-2:]
+    return stack.mT @ stack if out >= inp else stack @ stack.mT
+
+
+def _square_windows(weight: torch.Tensor) -> list[torch.Tensor]:
+    """FARMS: square sub-windows covering the long side of W (evenly spaced, overlapping at most once)."""
+    w = weight if weight.shape[0] >= weight.shape[1] else weight.T
+    long, short = w.shape
+    k = math.ceil(long / short)
+    starts = [round(s * (long - short) / (k - 1)) for s in range(k)] if k > 1 else [0]
+    return [w[s:s + short] for s in starts]
+
+
+def eigenvalues(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Ascending eigenvalues of W^T W for each weight (float ``dtype``, on the weight's device).
+
+    A weight with NaN/Inf entries gets NaN eigenvalues instead of crashing the solver; tiny negative
+    eigenvalues from round-off are clamped to zero.
+    """
+    results: list[torch.Tensor | None] = [None] * len(weights)
+    by_gram = defaultdict(list)   # (device, gram size) -> [(index, gram)]
+    by_shape = defaultdict(list)
+    for idx, w in enumerate(weights):
+        by_shape[(w.device, tuple(w.shape))].append(idx)
+    for (device, shape), idxs in by_shape.items():
+        per_stack = max(1, _STACK_BYTES // (shape[0] * shape[1] * torch.finfo(dtype).bits // 8))
+        for s in range(0, len(idxs), per_stack):
+            chunk = idxs[s:s + per_stack]
+            stack = torch.stack([weights[i].detach().to(dtype) for i in chunk])
+            finite = torch.isfinite(stack).flatten(1).all(1)
+            stack = torch.where(finite[:, None, None], stack, torch.zeros((), dtype=dtype, device=device))
+            grams = _gram(stack)
+            for k, (i, ok) in enumerate(zip(chunk, finite.tolist())):
+                by_gram[(device, grams.shape[-1])].append((i, grams[k], ok))
+    for entries in by_gram.values():
+        eigs = _solve_eigvalsh(torch.stack([g for _, g, _ in entries])).clamp_min(0)
+        for k, (i, _, finite) in enumerate(entries):
+            results[i] = eigs[k] if finite else torch.full_like(eigs[k], math.nan)
+    return results
+
+
+def farms_eigenvalues(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Pooled, sorted eigenvalues of the square sub-windows of each weight (FARMS, ALGORITHM.md 8)."""
+    windows, owner = [], []
+    for idx, w in enumerate(weights):
+        for sub in _square_windows(w):
+            windows.append(sub)
+            owner.append(idx)
+    pooled = defaultdict(list)
+    for idx, eigs in zip(owner, eigenvalues(windows, dtype)):
+        pooled[idx].append(eigs)
+    return [torch.cat(pooled[i]).sort().values for i in range(len(weights))]
+
+
+def _entropy(eigs: torch.Tensor) -> torch.Tensor:
+    # The release's matrix_entropy, batched: normalised Shannon entropy of the squared singular values.
+    eps = 6e-5
+    rank = (eigs.sqrt() > eps).sum(1).to(eigs.dtype)
+    p = eigs / eigs.sum(1, keepdim=True) + eps
+    ent = -(p * torch.log(p)).sum(1) / torch.log(rank + eps)
+    return torch.where(rank > 1, ent, torch.full_like(ent, math.nan))
+
+
+def spectral_metrics(eigs: torch.Tensor, fit_eigs: torch.Tensor | None = None, *, pl_fitting: str = "median",
+                     xmin_pos: float = 2, filter_zeros: bool = False, evals_thresh: float = EVALS_THRESH,
+                     bins: int = 100) -> dict[str, torch.Tensor]:
+    """All ESD metrics for a (B, N) batch of ascending eigenvalues; ``fit_eigs`` (FARMS) feeds the fit."""
+    eigs = eigs.to(torch.float64)  # the fit sums hundreds of logs; float64 keeps it exact to 1e-12
+    fit_eigs = eigs if fit_eigs is None else fit_eigs.to(torch.float64)
+    alpha, D, _ = fit_power_law(fit_eigs, pl_fitting=pl_fitting, xmin_pos=xmin_pos, filter_zeros=filter_zeros,
+                                evals_thresh=evals_thresh, bins=bins)
+    spectral_norm = eigs[:, -1]
+    fnorm = eigs.sum(1)
+    nan = torch.full_like(fnorm, math.nan)
+    # The release's alphahat: softplus(alpha * log10(lambda_max)), log10 floored at 1e-10.
+    alphahat = F.softplus(alpha * torch.log10(spectral_norm.clamp_min(1e-10)))
+    return {
+        "alpha": alpha,
+        "alphahat": alphahat,
+        "D": D,
+        "spectral_norm": spectral_norm,
+        "fnorm": fnorm,
+        "stable_rank": torch.where(spectral_norm > 0, fnorm / spectral_norm, nan),
+        "entropy": _entropy(eigs),
+        "num_eigs": torch.full_like(fnorm, eigs.shape[1]),
+    }
+
+
+def weight_metrics(weights: list[torch.Tensor], *, dtype: torch.dtype = torch.float32, farms: bool = False,
+                   **fit_options) -> torch.Tensor:
+    """(len(weights), len(METRICS)) float64 tensor of metrics, rows in input order, on CPU."""
+    if not weights:
+        return torch.zeros(0, len(METRICS), dtype=torch.float64)
+    eigs = eigenvalues(weights, dtype)
+    fit = farms_eigenvalues(weights, dtype) if farms else eigs
+    out = torch.empty(len(weights), len(METRICS), dtype=torch.float64)
+    groups = defaultdict(list)  # rows with the same spectrum length are fitted together
+    for i, (e, f) in enumerate(zip(eigs, fit)):
+        groups[(e.device, e.shape[0], f.shape[0])].append(i)
+    for idxs in groups.values():
+        m = spectral_metrics(torch.stack([eigs[i] for i in idxs]),
+                             torch.stack([fit[i] for i in idxs]) if farms else None, **fit_options)
+        out[idxs] = torch.stack([m[k] for k in METRICS], 1).cpu()
+    return out

@@ -1,0 +1,305 @@
+"""Weight-decay strategies behind one interface.
+
+Every strategy:
+  * ``param_groups()`` -> optimizer parameter groups; every parameter is in exactly one group and
+    every group has a ``name`` (a linear module's name, ``"other"`` or ``"all"``);
+  * ``step(optimizer, step)`` -> called after backward and before ``optimizer.step()`` with the
+    number of optimizer updates already applied; rewrites the groups' ``weight_decay`` at the
+    strategy's cadence and returns an :class:`Assignment` when it did (else None);
+  * ``last`` -> the most recent :class:`Assignment` (per-module alpha and decay);
+  * ``state_dict()`` / ``load_state_dict()`` -> plain Python data, safe for ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .analysis import MODULE_TYPES, module_type, score_modules
+from .assign import ASSIGN_FUNCS, assign
+
+ESD_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy", "gradnorm")
+
+
+@dataclass
+class Assignment:
+    """What a strategy assigned at one step."""
+    step: int
+    module_weight_decay: dict[str, float]
+    module_alpha: dict[str, float] = field(default_factory=dict)
+    module_score: dict[str, float] = field(default_factory=dict)
+    metric: str = "alpha"
+
+    def type_mean_alpha(self) -> dict[str, float]:
+        """Mean alpha per module type (q, k, v, o, gate, up, down), the paper's balance picture."""
+        sums: dict[str, list[float]] = {}
+        for name, a in self.module_alpha.items():
+            t = module_type(name)
+            if t in MODULE_TYPES and math.isfinite(a):
+                sums.setdefault(t, []).append(a)
+        return {t: sum(v) / len(v) for t, v in sums.items()}
+
+    def to_record(self) -> dict:
+        rec = {"step": self.step, "module_weight_decay": self.module_weight_decay,
+               "module_alpha": self.module_alpha,
+               "type_mean_alpha": self.type_mean_alpha()}
+        if self.metric not in ("alpha", None):
+            rec["esd_metric_for_tb"] = self.metric
+            rec["module_score"] = self.module_score
+        return rec
+
+
+def _find_groups(optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+    groups = {g["name"]: g for g in optimizer.param_groups if "name" in g}
+    if not groups:
+        raise ValueError("the optimizer's parameter groups have no 'name'; build the optimizer from "
+                         "strategy.param_groups() so that decays can be written per module")
+    return groups
+
+
+class DecayStrategy:
+    """Base class: one decay for everything, re-analysed only for monitoring (``alpha_every``)."""
+    name = "uniform"
+
+    def __init__(self, model: nn.Module, weight_decay: float, *, update_every: int = 500,
+                 alpha_every: int = 0, analysis: dict | None = None, distributed: bool = True):
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if update_every < 1:
+            raise ValueError(f"update_every must be >= 1, got {update_every}")
+        self.model = model
+        self.weight_decay = float(weight_decay)
+        self.update_every = int(update_every)
+        self.alpha_every = int(alpha_every)
+        self.analysis = dict(analysis or {})
+        self.distributed = distributed
+        from .esd import linear_modules
+        self.linears = linear_modules(model)
+        self.decays = {n: self.weight_decay for n, _ in self.linears}
+        self.last: Assignment | None = None
+        self.last_step: int | None = None
+
+    # -- groups -------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": self.weight_decay, "name": "all"}]
+
+    # -- per-step ------------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        return self.alpha_every > 0 and step % self.alpha_every == 0
+
+    def step(self, optimizer: torch.optim.Optimizer, step: int) -> Assignment | None:
+        if step == self.last_step or not self.due(step):
+            return None
+        return self.reassign(optimizer, step)
+
+    def reassign(self, optimizer: torch.optim.Optimizer | None, step: int) -> Assignment:
+        scores = score_modules(self.model, "alpha", self.linears, distributed=self.distributed, **self.analysis)
+        alphas = {n: s["alpha"] for n, s in scores.items()}
+        return self._record(step, alphas, {}, "alpha")
+
+    def initial_assignment(self) -> Assignment:
+        """The assignment before the first update (logged as the run's first decay record)."""
+        return self.reassign(None, 0)
+
+    def _record(self, step, alphas, scores, metric) -> Assignment:
+        self.last_step = step
+        self.last = Assignment(step, dict(self.decays), alphas, scores, metric)
+        return self.last
+
+    def write(self, optimizer: torch.optim.Optimizer) -> None:
+        for name, group in _find_groups(optimizer).items():
+            group["weight_decay"] = self.decays.get(name, self.weight_decay)
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"strategy": self.name, "weight_decay": self.weight_decay, "decays": dict(self.decays),
+                "last_step": -1 if self.last_step is None else self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("strategy") != self.name:
+            raise ValueError(f"checkpoint holds the state of strategy {state.get('strategy')!r}, "
+                             f"not {self.name!r}; resume with the same strategy flags")
+        self.decays = {n: float(v) for n, v in state["decays"].items()}
+        self.last_step = None if state["last_step"] < 0 else int(state["last_step"])
+
+
+class Uniform(DecayStrategy):
+    """One decay for every parameter (the paper's Uniform baseline)."""
+    name = "uniform"
+
+
+class NoDecay(Uniform):
+    """WD=0."""
+    name = "none"
+
+    def __init__(self, model: nn.Module, weight_decay: float = 0.0, **kw):
+        super().__init__(model, 0.0, **kw)
+
+
+class ModuleWise(DecayStrategy):
+    """Per-module decays from a per-module score (an ESD metric or the gradient norm).
+
+    Modules left out of the balancing keep ``weight_decay``: the first and last linear module
+    (``remove_first_layer``/``remove_last_layer``), modules with fewer than ``eigs_thresh``
+    eigenvalues (ESD metrics only), and modules whose score is not finite (zero or NaN weights,
+    no gradient yet) or, for tb_sqrt/tb_log2, not positive.
+    """
+    name = "modulewise"
+
+    def __init__(self, model: nn.Module, weight_decay: float, *, metric: str = "alpha",
+                 assign_func: str = "tb_linear_map", wd_min_ratio: float = 0.6666, wd_max_ratio: float = 3.0,
+                 positive: bool = True, remove_first_layer: bool = True, remove_last_layer: bool = True,
+                 eigs_thresh: int = 50, sigmoid_alpha: float = 4.0, update_every: int = 500,
+                 alpha_every: int | None = None, **kw):
+        if metric not in ESD_METRICS:
+            raise ValueError(f"unknown esd_metric_for_tb {metric!r}; choose one of {', '.join(ESD_METRICS)}")
+        if assign_func not in ASSIGN_FUNCS:
+            raise ValueError(f"unknown assign_func {assign_func!r}; choose one of {', '.join(ASSIGN_FUNCS)}")
+        if not 0 <= wd_min_ratio <= wd_max_ratio:
+            raise ValueError(f"need 0 <= wd_min_ratio <= wd_max_ratio, got {wd_min_ratio} and {wd_max_ratio}")
+        super().__init__(model, weight_decay, update_every=update_every,
+                         alpha_every=update_every if alpha_every is None else alpha_every, **kw)
+        self.metric, self.assign_func, self.positive = metric, assign_func, positive
+        self.wd_min_ratio, self.wd_max_ratio = float(wd_min_ratio), float(wd_max_ratio)
+        self.remove_first_layer, self.remove_last_layer = remove_first_layer, remove_last_layer
+        self.eigs_thresh, self.sigmoid_alpha = int(eigs_thresh), float(sigmoid_alpha)
+
+    def param_groups(self, initial_assignment: bool = True) -> list[dict]:
+        """One group per linear module plus ``other``; decays of the initial assignment when asked."""
+        if initial_assignment and self.last is None:
+            self.initial_assignment()
+        groups, seen = [], set()
+        for name, module in self.linears:
+            params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(map(id, params))
+            groups.append({"params": params, "weight_decay": self.decays[name], "name": name})
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in seen]
+        groups.append({"params": rest, "weight_decay": self.weight_decay, "name": "other"})
+        return [g for g in groups if g["params"]]
+
+    def due(self, step: int) -> bool:
+        return step % self.update_every == 0
+
+    def balanced(self, scores: dict[str, dict]) -> list[str]:
+        names = [n for n, _ in self.linears]
+        skip = set()
+        if self.remove_first_layer and names:
+            skip.add(names[0])
+        if self.remove_last_layer and names:
+            skip.add(names[-1])
+        chosen = []
+        for n in names:
+            s = scores[n][self.metric]
+            if n in skip or not math.isfinite(s):
+                continue
+            if self.metric != "gradnorm" and scores[n]["num_eigs"] < self.eigs_thresh:
+                continue
+            if self.assign_func in ("tb_sqrt", "tb_log2") and s <= 0:
+                continue
+            chosen.append(n)
+        return chosen
+
+    def reassign(self, optimizer, step: int) -> Assignment:
+        scores = score_modules(self.model, self.metric, self.linears, distributed=self.distributed, **self.analysis)
+        chosen = self.balanced(scores)
+        values = assign(self.assign_func, [scores[n][self.metric] for n in chosen], self.weight_decay,
+                        layers=[_layer_of(n) for n in chosen], wd_min_ratio=self.wd_min_ratio,
+                        wd_max_ratio=self.wd_max_ratio, positive=self.positive, sigmoid_alpha=self.sigmoid_alpha)
+        self.decays = {n: self.weight_decay for n, _ in self.linears}
+        self.decays.update(zip(chosen, values))
+        if optimizer is not None:
+            self.write(optimizer)
+        alphas = {n: s["alpha"] for n, s in scores.items() if "alpha" in s}
+        metric_scores = {n: s[self.metric] for n, s in scores.items()}
+        return self._record(step, alphas, metric_scores, self.metric)
+
+
+def _layer_of(name: str) -> str:
+    # Transformer block index: "model.layers.3.mlp.up_proj" -> "3" (the release splits on '.').
+    m = re.search(r"\.(\d+)\.", name)
+    return m.group(1) if m else name
+
+
+class AlphaDecay(ModuleWise):
+    """AlphaDecay: decays from PL_Alpha_Hill, heavier tails (smaller alpha) get weaker decay."""
+    name = "alphadecay"
+
+    def __init__(self, model: nn.Module, weight_decay: float = 1e-5, *, wd_min_ratio: float = 0.6666,
+                 wd_max_ratio: float = 3.0, update_every: int = 500, metric: str = "alpha",
+                 assign_func: str = "tb_linear_map", **kw):
+        super().__init__(model, weight_decay, metric=metric, assign_func=assign_func, wd_min_ratio=wd_min_ratio,
+                         wd_max_ratio=wd_max_ratio, update_every=update_every, **kw)
+
+
+class AdaDecay(ModuleWise):
+    """The release's module-wise AdaDecay: gradient norm of each linear weight, z-scored within its
+    transformer block and mapped through 2 / (1 + exp(-4 z)). Not Nakamura & Hong's per-parameter form.
+
+    Before the first backward there are no gradients, so the initial assignment is uniform.
+    """
+    name = "adadecay"
+
+    def __init__(self, model: nn.Module, weight_decay: float, *, update_every: int = 500,
+                 metric: str = "gradnorm", assign_func: str = "layerwise_sigmoid", alpha_every: int | None = 0,
+                 **kw):
+        super().__init__(model, weight_decay, metric=metric, assign_func=assign_func, update_every=update_every,
+                         alpha_every=alpha_every, **kw)
+
+
+class AWD(DecayStrategy):
+    """Adaptive Weight Decay (Ghiasi et al., NeurIPS 2023) as the AlphaDecay release runs it.
+
+    Every update: lambda_t = lambda_awd * ||grad|| / (||w|| + 1e-8) over all parameters, and
+    lambda_bar <- 0.1 lambda_bar + 0.9 lambda_t becomes every group's decay. The release passes
+    lambda_awd = 100 * --weight_decay (``lambda_scale``) and starts the optimizer at that decay
+    until the first update overwrites it; both are kept here.
+    """
+    name = "awd"
+
+    def __init__(self, model: nn.Module, weight_decay: float, *, lambda_scale: float = 100.0, **kw):
+        super().__init__(model, weight_decay, **kw)
+        self.lambda_awd = lambda_scale * self.weight_decay
+        self.lambda_bar = 0.0
+        self.decays = {n: self.lambda_awd for n in self.decays}
+
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        groups[0]["weight_decay"] = self.lambda_awd
+        return groups
+
+    def step(self, optimizer, step: int):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        weights = [p for p in params if p.grad is not None]
+        if grads:
+            # One host sync per update: both norms are reduced on the device first.
+            norms = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(t)).double())
+                                 for t in (grads, weights)]).tolist()
+            lambda_t = norms[0] * self.lambda_awd / (norms[1] + 1e-8)
+            self.lambda_bar = 0.1 * self.lambda_bar + 0.9 * lambda_t
+        for group in optimizer.param_groups:
+            group["weight_decay"] = self.lambda_bar
+        self.decays = {n: self.lambda_bar for n in self.decays}
+        if step != self.last_step and self.due(step):
+            return self.reassign(optimizer, step)
+        return None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "lambda_bar": self.lambda_bar}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.lambda_bar = float(state["lambda_bar"])
+
+
+STRATEGIES = {cls.name: cls for cls in (NoDecay, Uniform, AlphaDecay, AWD, AdaDecay)}
+
+
+def build_strategy(name: str, model: nn.Module, weight_decay: float, **kw) -> DecayStrategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown weight-decay strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](model, weight_decay, **kw)

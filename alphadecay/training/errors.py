@@ -1,0 +1,2 @@
+class ConfigError(ValueError):
+    """Bad user input. The message is one line that names the problem and the fix."""

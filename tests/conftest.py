@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("ALPHADECAY_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def tiny_llama(layers=2, hidden=64, inter=172, vocab=500, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_attention_heads=4, num_hidden_layers=layers,
+                      vocab_size=vocab, max_position_embeddings=128, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture
+def c4_dir():
+    d = DATA_DIR / "c4" / "en"
+    if not any(d.glob("*.json.gz")):
+        pytest.skip(f"real C4 sample not found under {d} (set ALPHADECAY_DATA_DIR)")
+    return d
+
+
+@pytest.fixture
+def t5_dir():
+    d = DATA_DIR / "tokenizers" / "t5-base"
+    if not (d / "spiece.model").exists() and not (d / "tokenizer.json").exists():
+        pytest.skip(f"T5 tokenizer not found under {d} (set ALPHADECAY_DATA_DIR)")
+    return d
