@@ -83,7 +83,7 @@ class DecayStrategy:
         self.last_step: int | None = None
 
     # -- groups -------------------------------------------------------------------------------
-    def param_groups(self) -> list[dict]:
+    def param_groups(self, initial_assignment: bool = True) -> list[dict]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return [{"params": params, "weight_decay": self.weight_decay, "name": "all"}]
 
@@ -266,7 +266,7 @@ class AWD(DecayStrategy):
         self.lambda_bar = 0.0
         self.decays = {n: self.lambda_awd for n in self.decays}
 
-    def param_groups(self) -> list[dict]:
+    def param_groups(self, initial_assignment: bool = True) -> list[dict]:
         groups = super().param_groups()
         groups[0]["weight_decay"] = self.lambda_awd
         return groups

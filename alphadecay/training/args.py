@@ -1,0 +1,218 @@
+"""Command-line flags: the release's (as switches that mean what they say), GaLore's, and ours."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+from ..assign import ASSIGN_FUNCS
+from ..powerlaw import PL_FITTINGS
+from ..strategies import ESD_METRICS, STRATEGIES
+from .errors import ConfigError
+
+
+def _bool(text: str) -> bool:
+    # The release writes --remove_last_layer True / False.
+    low = str(text).lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _token_count(text: str) -> int:
+    """'100M', '1.5B', '2e9' or an integer number of tokens."""
+    t = str(text).strip().upper()
+    scale = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a token count such as 100M or 1B, got {text!r}") from None
+    return int(value)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line instead of the usage block: the message names the flag; --help has the rest.
+        self.exit(2, f"error: {message}; see python torchrun_main.py --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="torchrun_main.py",
+        description="Pretrain LLaMA on C4 with module-wise weight decay (AlphaDecay) or a baseline. "
+                    "Runs under torchrun --nproc_per_node=N or as plain python on one CPU/GPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument_group("model and optimisation")
+    a.add_argument("--model_config", default="configs/llama_60m.json", help="JSON model config (see configs/)")
+    a.add_argument("--optimizer", default="adam", choices=["adam", "adamw"], type=str.lower,
+                   help="adam: coupled L2 decay (the paper's Table 2); adamw: decoupled decay (Table 12)")
+    a.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    a.add_argument("--batch_size", type=int, default=32, help="sequences per GPU/process per micro-step")
+    a.add_argument("--total_batch_size", type=int, default=None,
+                   help="sequences per optimizer update over all ranks; sets --gradient_accumulation")
+    a.add_argument("--gradient_accumulation", type=int, default=None,
+                   help="micro-steps per update (derived from --total_batch_size when omitted)")
+    a.add_argument("--num_training_steps", type=int, default=20000, help="optimizer updates to train for")
+    a.add_argument("--max_train_tokens", type=_token_count, default=None,
+                   help="train on this many tokens (e.g. 100M, 1B) instead of --num_training_steps: "
+                        "updates = ceil(tokens / (total_batch_size * max_length))")
+    a.add_argument("--warmup_steps", type=int, default=2000, help="linear warm-up updates")
+    a.add_argument("--scheduler", default="cosine", choices=["linear", "cosine", "cosine_restarts"],
+                   help="learning-rate schedule after warm-up")
+    a.add_argument("--min_lr_ratio", type=float, default=0.1, help="final lr as a fraction of --lr")
+    a.add_argument("--grad_clipping", type=float, default=0.0, help="clip the global grad norm (0 = off)")
+    a.add_argument("--dtype", default=None, choices=["bfloat16", "bf16", "float32", "fp32"],
+                   help="weight dtype; default bfloat16 on a bf16-capable GPU, else float32")
+    a.add_argument("--max_length", type=int, default=256, help="tokens per sequence")
+    a.add_argument("--seed", type=int, default=0, help="model init and dropout seed (data order is fixed by seed 42)")
+    a.add_argument("--activation_checkpointing", action="store_true", help="recompute activations in backward")
+    a.add_argument("--compile", action="store_true", help="torch.compile the model")
+    a.add_argument("--use_hf_model", action="store_true", help="accepted for the release's scripts; models always "
+                   "come from transformers here")
+
+    w = p.add_argument_group("weight decay")
+    w.add_argument("--weight_decay", type=float, default=1e-5, help="base decay wd (0 gives the WD=0 baseline)")
+    w.add_argument("--strategy", default=None, choices=sorted(STRATEGIES),
+                   help="weight-decay strategy; derived from the release's flags when omitted: "
+                        "--use_modulewise_wd -> alphadecay (adadecay with --esd_metric_for_tb gradnorm), "
+                        "--use_AWD_NeurIPS2023 -> awd, neither -> uniform (none when --weight_decay 0)")
+    w.add_argument("--use_modulewise_wd", action="store_true", help="module-wise decay (AlphaDecay); without it "
+                   "the run is Uniform")
+    w.add_argument("--alpha_positively_with_WD", action="store_true",
+                   help="larger score -> larger decay (AlphaDecay's direction); without it the mapping is reversed")
+    w.add_argument("--use_AWD_NeurIPS2023", action="store_true", help="the AWD baseline (decay scaled 100x, as the release)")
+    w.add_argument("--unbalancedWD_every", type=int, default=500, help="reassign module-wise decays every N updates")
+    w.add_argument("--esd_metric_for_tb", default="alpha", choices=ESD_METRICS, help="score that drives the decays")
+    w.add_argument("--assign_func", default="tb_linear_map", choices=ASSIGN_FUNCS, help="score -> decay map")
+    w.add_argument("--wd_min_ratio", type=float, default=0.666, help="decay of the smallest score, x wd")
+    w.add_argument("--wd_max_ratio", type=float, default=3.0, help="decay of the largest score, x wd")
+    w.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS, help="xmin selection for the Hill fit")
+    w.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
+    w.add_argument("--filter_zeros", type=_bool, default=False, help="drop eigenvalues <= 1e-5 before fitting")
+    w.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd")
+    w.add_argument("--remove_first_layer", type=_bool, default=True, help="first linear module keeps wd")
+    w.add_argument("--remove_last_layer", type=_bool, default=True, help="last linear module (lm_head) keeps wd")
+    w.add_argument("--farms", action="store_true", help="fit alpha on square sub-windows (FARMS aspect-ratio fix)")
+    w.add_argument("--esd_float64", action="store_true", help="compute eigenvalues in float64")
+    w.add_argument("--alpha_every", type=int, default=None,
+                   help="log module alphas every N updates (default: --unbalancedWD_every for module-wise "
+                        "strategies, only at the start otherwise; 0 = only at the start)")
+    w.add_argument("--batchnorm", type=_bool, default=True, help="accepted for the release's scripts (no BatchNorm in LLaMA)")
+    w.add_argument("--batchnorm_type", default="name", help="accepted for the release's scripts")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset_path", default=None,
+                   help="local training text: a file, glob or folder of json/jsonl/json.gz/parquet/txt "
+                        "(default: stream allenai/c4 'en' from the hub)")
+    d.add_argument("--eval_dataset_path", default=None,
+                   help="local validation text (default: the hub's C4 validation split)")
+    d.add_argument("--tokenizer", default="t5-base", help="tokenizer: a hub name or a local folder")
+    d.add_argument("--packing", action="store_true",
+                   help="concatenate documents into full sequences (default: truncate and pad each, as the paper)")
+    d.add_argument("--workers", type=int, default=8, help="DataLoader worker processes per rank")
+
+    e = p.add_argument_group("evaluation, checkpoints, logging")
+    e.add_argument("--eval_every", type=int, default=1000, help="evaluate every N updates (0 = only at the end)")
+    e.add_argument("--target_eval_tokens", type=_token_count, default=10_000_000,
+                   help="validation tokens per evaluation")
+    e.add_argument("--eval_batch_size", type=int, default=None, help="sequences per eval batch (default --batch_size)")
+    e.add_argument("--save_every", type=int, default=10000, help="checkpoint every N updates (plus one at the end)")
+    e.add_argument("--save_dir", default=None, help="run folder: checkpoints and metrics.jsonl "
+                   "(default checkpoints/<name>)")
+    e.add_argument("--keep_last_checkpoints", type=int, default=0, help="keep only the newest K checkpoints (0 = all)")
+    e.add_argument("--continue_from", default=None,
+                   help="resume the full training state from a checkpoint folder, or 'latest' for the newest "
+                        "complete checkpoint in --save_dir")
+    e.add_argument("--on_nonfinite", default="stop", choices=["stop", "skip"],
+                   help="on a NaN/Inf loss or gradient: stop with an error, or skip that update")
+    e.add_argument("--log_every", type=int, default=1, help="write a training record every N updates")
+    e.add_argument("--wandb_name", default=None, help="wandb run name (default --name)")
+    e.add_argument("--wandb_project", default=os.environ.get("WANDB_PROJECT", "AlphaDecay"), help="wandb project")
+    e.add_argument("--name", default="test", help="run name")
+    e.add_argument("--tags", default=None, help="comma-separated wandb tags")
+    e.add_argument("--no_wandb", action="store_true", help="do not use wandb (same as WANDB_MODE=disabled)")
+    e.add_argument("--single_cuda", action="store_true", help="one process, no DDP (the release's flag)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def resolve_strategy(args) -> str:
+    derived = "awd" if args.use_AWD_NeurIPS2023 else (
+        ("adadecay" if args.esd_metric_for_tb == "gradnorm" else "alphadecay") if args.use_modulewise_wd
+        else ("none" if args.weight_decay == 0 else "uniform"))
+    _require(not (args.use_AWD_NeurIPS2023 and args.use_modulewise_wd),
+             "--use_AWD_NeurIPS2023 and --use_modulewise_wd are two different methods; pass only one")
+    if args.strategy is None:
+        return derived
+    _require(not (args.use_AWD_NeurIPS2023 or args.use_modulewise_wd) or args.strategy == derived,
+             f"--strategy {args.strategy} contradicts the release flags (which mean {derived}); drop one of them")
+    return args.strategy
+
+
+def validate(args, world_size: int = 1):
+    """Check everything that can be checked before any work; raise ConfigError with a one-line fix."""
+    _require(os.path.isfile(args.model_config),
+             f"model config {args.model_config!r} not found; pass --model_config configs/llama_60m.json or another file")
+    try:
+        with open(args.model_config) as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"model config {args.model_config!r} is not valid JSON ({e}); fix the file") from None
+    _require(isinstance(cfg, dict) and "model_type" in cfg,
+             f"model config {args.model_config!r} has no 'model_type'; copy one from configs/")
+    for flag in ("lr", "batch_size", "max_length", "num_training_steps"):
+        _require(getattr(args, flag) > 0, f"--{flag} must be positive, got {getattr(args, flag)}")
+    _require(args.weight_decay >= 0, f"--weight_decay must be >= 0, got {args.weight_decay}")
+    _require(args.warmup_steps >= 0, f"--warmup_steps must be >= 0, got {args.warmup_steps}")
+    _require(args.unbalancedWD_every >= 1, f"--unbalancedWD_every must be >= 1, got {args.unbalancedWD_every}")
+    _require(0 <= args.wd_min_ratio <= args.wd_max_ratio,
+             f"need 0 <= --wd_min_ratio <= --wd_max_ratio, got {args.wd_min_ratio} and {args.wd_max_ratio}")
+    _require(0 <= args.min_lr_ratio <= 1, f"--min_lr_ratio must be in [0, 1], got {args.min_lr_ratio}")
+    _require(args.xmin_pos >= 1, f"--xmin_pos must be >= 1, got {args.xmin_pos}")
+    _require(args.grad_clipping >= 0, f"--grad_clipping must be >= 0, got {args.grad_clipping}")
+    _require(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    _require(args.target_eval_tokens > 0, f"--target_eval_tokens must be positive, got {args.target_eval_tokens}")
+    _require(not (args.single_cuda and world_size > 1),
+             "--single_cuda runs one process; launch with --nproc_per_node=1 or drop --single_cuda")
+    args.strategy = resolve_strategy(args)
+
+    if args.total_batch_size is not None:
+        per_update = args.batch_size * world_size
+        _require(args.total_batch_size % per_update == 0,
+                 f"--total_batch_size {args.total_batch_size} is not a multiple of --batch_size x ranks "
+                 f"({args.batch_size} x {world_size}); pick sizes that divide")
+        accum = args.total_batch_size // per_update
+        _require(args.gradient_accumulation in (None, accum),
+                 f"--gradient_accumulation {args.gradient_accumulation} contradicts --total_batch_size "
+                 f"(which needs {accum}); pass only one of them")
+        args.gradient_accumulation = accum
+    else:
+        args.gradient_accumulation = args.gradient_accumulation or 1
+        _require(args.gradient_accumulation >= 1, "--gradient_accumulation must be >= 1")
+        args.total_batch_size = args.batch_size * world_size * args.gradient_accumulation
+    if args.max_train_tokens is not None:
+        _require(args.max_train_tokens > 0, "--max_train_tokens must be positive")
+        args.num_training_steps = math.ceil(args.max_train_tokens / (args.total_batch_size * args.max_length))
+    args.dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(args.dtype, args.dtype)
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    args.wandb_name = args.wandb_name or args.name
+    args.save_dir = args.save_dir or os.path.join("checkpoints", args.name)
+    if args.continue_from == "latest":
+        pass  # resolved against --save_dir by the checkpoint module
+    elif args.continue_from is not None:
+        _require(os.path.isdir(args.continue_from),
+                 f"--continue_from {args.continue_from!r} is not a folder; pass a checkpoint folder "
+                 f"(<save_dir>/model_<step>) or 'latest'")
+    return args
+
+
+def parse_args(argv=None, world_size: int = 1):
+    return validate(build_parser().parse_args(argv), world_size)

@@ -1,0 +1,378 @@
+"""Tokenized training and evaluation batches, with a training stream that resumes exactly.
+
+Training stream (:class:`TrainBatches`), per rank:
+
+1. Documents come from :func:`load_documents` (local files, one shard per file, or the hub's C4).
+2. The shard (file) order is shuffled with ``ds.shuffle(seed=shuffle_seed, buffer_size=1)``: the same permutation
+   on every rank, as ``split_dataset_by_node`` requires. The size-1 buffer keeps datasets' own example buffer out,
+   because a datasets shuffle buffer is not part of its ``state_dict`` and resuming would silently drop up to
+   ``buffer_size`` documents.
+3. The shards are split over ``G = world_size * max(1, num_workers)`` logical streams (rank-major) with two nested
+   ``split_dataset_by_node`` calls. Whole shards are dealt out round-robin when there are at least ``G`` of them
+   (strategy ``"shards"``; streams may then get unequal numbers of files); with fewer shards than streams every
+   stream reads all files and keeps one document in ``G`` (strategy ``"examples"``), which costs ``G`` times the
+   reading. datasets' own ``"auto"`` would fall back to ``"examples"`` whenever ``G`` does not divide the shard
+   count, e.g. 1024 C4 shards over 3 workers, which is why the strategy is chosen here.
+4. Each stream reads ``shuffle_buffer`` documents at a time and permutes that block with a generator seeded by
+   ``(shuffle_seed, epoch, stream, block)``, so a block can be rebuilt exactly from the datasets state at its start.
+5. Documents are tokenized ``batch_size`` at a time (one batched fast-tokenizer call) into ``[batch_size, max_length]``
+   rows, either truncated and padded (default, as in the paper) or packed (``packing=True``): documents joined with
+   EOS into one token stream cut into full rows, the remainder carried to the next batch.
+6. Streams never end: at the end of the data a stream starts its next epoch (shard order reshuffled by
+   ``set_epoch``, new block permutations). Batch ``n`` of a rank comes from logical stream ``n % W``.
+
+Resume: a stream's state is ``(epoch, block, offset in block, datasets state at block start, carried tokens,
+skipped count)``. Every batch carries the state of its stream right after it; :class:`ResumableLoader` keeps the
+state of the last batch it handed to the training loop for each stream plus the number ``k`` of batches handed over.
+A DataLoader visits its workers round-robin from worker 0, so on resume worker ``p`` serves logical stream
+``(p + k) % W`` and batch ``k`` comes next. Resuming re-reads at most one block plus, inside datasets, the already
+consumed part of the current file. The batch sequence is a function of the data and of (shuffle_seed, rank,
+world_size, num_workers, batch_size, max_length, packing, shuffle_buffer, tokenizer); num_workers 0 and 1 give
+the same sequence.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import os
+
+import numpy as np
+import torch
+from datasets.distributed import split_dataset_by_node
+
+from .errors import ConfigError
+from .text_sources import HUB_DATASET, _one_line, load_documents, resolve_data_files
+
+__all__ = ["load_tokenizer", "resolve_data_files", "load_documents", "TrainBatches", "ResumableLoader",
+           "make_train_loader", "eval_batches"]
+
+logger = logging.getLogger(__name__)
+STATE_FORMAT = "alphadecay.train_batches.v1"
+EVAL_SEED = 42
+
+
+def load_tokenizer(name_or_path: str, max_length: int):
+    """A fast ``AutoTokenizer`` with ``model_max_length=max_length`` (a pad token is borrowed from EOS if missing)."""
+    hint = ("pass --tokenizer with a local tokenizer folder (e.g. .../tokenizers/t5-base) or a reachable hub name")
+    from transformers import AutoTokenizer
+
+    name = os.path.expanduser(str(name_or_path))
+    if not os.path.isdir(name) and (os.path.isabs(name) or name.startswith(".") or os.path.exists(name)):
+        raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: no such folder; {hint}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True, model_max_length=max_length)
+    except Exception as error:  # noqa: BLE001 - OSError, HF validation/connection errors, bad files...
+        raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {_one_line(error)}; {hint}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        logger.warning("tokenizer '%s' has no fast version; tokenization will be slow", name_or_path)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"tokenizer '{name_or_path}' has neither a pad nor an EOS token; {hint}")
+        tokenizer.pad_token = tokenizer.eos_token  # padding only fills masked positions, so any id will do
+    return tokenizer
+
+
+def _check_positive(**values):
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}; fix --{name}")
+
+
+def _check_rank(rank, world_size):
+    _check_positive(world_size=world_size)
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank!r} is outside 0..{world_size - 1} for world_size {world_size}; check the "
+                          f"launcher's RANK/WORLD_SIZE")
+
+
+def _usable(texts, flags):
+    """(documents to keep, number skipped because they were not valid UTF-8); empty documents are dropped silently."""
+    flags = flags if flags is not None else itertools.repeat(False)
+    kept, skipped = [], 0
+    for text, bad in zip(texts, flags):
+        if bad:
+            skipped += 1
+        elif text and not text.isspace():
+            kept.append(text)
+    return kept, skipped
+
+
+def _keep(batch):
+    """DataLoader ``collate_fn``: batches arrive ready-made and their bookkeeping must not be converted."""
+    return batch
+
+
+class _DocStream:
+    """The documents of one logical stream, with an exact cursor (see the module docstring, steps 2-4 and 6)."""
+
+    def __init__(self, owner: "TrainBatches", index: int, state: dict | None):
+        state = state or {}
+        self.owner, self.index = owner, index
+        self.stream = owner.rank * owner.num_streams + index
+        self.epoch, self.block, self.offset = state.get("epoch", 0), state.get("block", 0), state.get("offset", 0)
+        self.source, self.skipped = state.get("source"), state.get("skipped", 0)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "block": self.block, "offset": self.offset, "source": self.source,
+                "skipped": self.skipped}
+
+    def _dataset(self):
+        owner = self.owner
+        ds = owner.documents.shuffle(seed=owner.shuffle_seed, buffer_size=1, max_buffer_input_shards=1)
+        ds = split_dataset_by_node(ds, rank=owner.rank, world_size=owner.world_size, strategy=owner.strategy)
+        ds = split_dataset_by_node(ds, rank=self.index, world_size=owner.num_streams, strategy=owner.strategy)
+        ds.set_epoch(self.epoch)
+        if self.source is not None:
+            ds.load_state_dict(self.source)
+        return ds
+
+    def __iter__(self):
+        owner = self.owner
+        while True:
+            whole_epoch = self.source is None and self.block == 0 and self.offset == 0
+            ds, kept = self._dataset(), 0
+            # ds.iter, not iter(ds): inside a DataLoader worker iter(ds) would split the shards by worker again.
+            for block in ds.iter(batch_size=owner.shuffle_buffer):
+                after_block = ds.state_dict()
+                texts, flags = block["text"], block.get("undecodable")
+                seed = [owner.shuffle_seed, self.epoch, self.stream, self.block]
+                order = np.random.default_rng(seed).permutation(len(texts))
+                for position in range(self.offset, len(texts)):
+                    self.offset = position + 1  # before yielding: the cursor must already point past this document
+                    doc = int(order[position])
+                    if flags is not None and flags[doc]:
+                        self.skipped += 1
+                    elif texts[doc] and not texts[doc].isspace():
+                        kept += 1
+                        yield texts[doc]
+                self.block, self.offset, self.source = self.block + 1, 0, after_block
+            if whole_epoch and kept == 0:
+                raise ConfigError(
+                    f"data stream {self.stream} (rank {owner.rank}, worker {self.index}) found no usable documents "
+                    f"in {owner.source_name}; add data or use fewer ranks/--num_workers")
+            self.epoch, self.block, self.offset, self.source = self.epoch + 1, 0, 0, None
+
+
+class TrainBatches(torch.utils.data.IterableDataset):
+    """Endless training batches ``{"input_ids", "attention_mask"}`` (LongTensor ``[batch_size, max_length]``) of one rank.
+
+    Batches also carry the bookkeeping keys ``_stream``/``_stream_state`` (stripped by :func:`make_train_loader`).
+    Iterate it through :func:`make_train_loader` with the same ``num_workers``; iterated directly (in-process) it
+    interleaves its streams exactly like the loader's workers would and tracks its own :meth:`state_dict`.
+    ``path=None`` streams the hub's C4 split ``split``.
+    """
+
+    def __init__(self, path, tokenizer, *, batch_size, max_length, rank=0, world_size=1, num_workers=0,
+                 packing=False, shuffle_seed=42, split="train", shuffle_buffer=1000):
+        _check_positive(batch_size=batch_size, max_length=max_length, shuffle_buffer=shuffle_buffer)
+        _check_rank(rank, world_size)
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"num_workers must be 0 or more, got {num_workers!r}; fix --num_workers")
+        if packing and tokenizer.eos_token_id is None:
+            raise ConfigError("packing needs a tokenizer with an EOS token; use another tokenizer or drop --packing")
+        self.tokenizer, self.batch_size, self.max_length, self.packing = tokenizer, batch_size, max_length, packing
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.num_streams = max(1, num_workers)
+        self.shuffle_seed, self.shuffle_buffer = int(shuffle_seed), shuffle_buffer
+        self.from_hub = path is None
+        self.source_name = f"'{path}'" if path is not None else f"the hub's {HUB_DATASET[0]} '{split}' split"
+        self.documents = load_documents(path, split)
+        self.num_shards = self.documents.num_shards
+        self.strategy = "shards" if self.num_shards >= world_size * self.num_streams else "examples"
+        self._progress = self._fresh_state()
+
+    def _settings(self) -> dict:
+        return {"data": "hub" if self.from_hub else "files", "num_shards": self.num_shards,
+                "rank": self.rank, "world_size": self.world_size, "data_streams": self.num_streams,
+                "batch_size": self.batch_size, "max_length": self.max_length, "packing": self.packing,
+                "shuffle_seed": self.shuffle_seed, "shuffle_buffer": self.shuffle_buffer}
+
+    def _fresh_state(self) -> dict:
+        return {"format": STATE_FORMAT, "settings": self._settings(), "batches": 0, "skipped_documents": 0,
+                "streams": [None] * self.num_streams}
+
+    @property
+    def skipped_documents(self) -> int:
+        """Documents skipped so far because they were not valid UTF-8 (in-process iteration or loaded state)."""
+        return _skipped(self._progress)
+
+    def state_dict(self) -> dict:
+        """Position after the batches this object yielded in-process (or the state last loaded)."""
+        return _export(self._progress)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (from this class or :class:`ResumableLoader`) on the next iteration."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ConfigError(f"the checkpoint's data-loader state is not a '{STATE_FORMAT}' state; resume from a "
+                              f"checkpoint written by this version or start the run afresh")
+        saved, mine = state.get("settings", {}), self._settings()
+        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in mine.items() if saved.get(key) != value]
+        if changed or len(state.get("streams", ())) != self.num_streams:
+            raise ConfigError(f"cannot resume the training data stream: the checkpoint was written with "
+                              f"{', '.join(changed) or 'other data streams'}; resume with the same data, batch size, "
+                              f"sequence length, packing, seed, world size and --num_workers")
+        self._progress = copy.deepcopy(dict(state))
+
+    def __iter__(self):
+        start = copy.deepcopy(self._progress)
+        rotation = start["batches"] % self.num_streams
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            self._progress = start
+            streams = [self._stream_batches(i, start["streams"][i]) for i in range(self.num_streams)]
+            for count in itertools.count(start["batches"]):
+                index = count % self.num_streams
+                batch = next(streams[index])
+                start["batches"], start["streams"][index] = count + 1, batch["_stream_state"]
+                yield batch
+            return
+        if info.num_workers != self.num_streams:
+            yield {"_error": f"TrainBatches was built for num_workers={self.num_workers} but its DataLoader has "
+                             f"{info.num_workers} workers; pass the same num_workers to both"}
+            return
+        index = (info.id + rotation) % self.num_streams
+        try:
+            yield from self._stream_batches(index, start["streams"][index])
+        except ConfigError as error:
+            # torch would re-raise it in the main process with the worker traceback glued into the message
+            yield {"_error": str(error)}
+
+    def _stream_batches(self, index: int, state: dict | None):
+        stream = _DocStream(self, index, state)
+        docs = iter(stream)
+        carry = list(state["carry"]) if state else []
+        made = state["batches"] if state else 0
+        rows, length = self.batch_size, self.max_length
+        while True:
+            if self.packing:
+                while len(carry) < rows * length:
+                    texts = list(itertools.islice(docs, rows))
+                    encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+                    for ids in encoded:
+                        carry.extend(ids)
+                        carry.append(self.tokenizer.eos_token_id)
+                input_ids = torch.tensor(carry[:rows * length], dtype=torch.long).view(rows, length)
+                attention_mask = torch.ones_like(input_ids)
+                carry = carry[rows * length:]
+            else:
+                encoded = self.tokenizer(list(itertools.islice(docs, rows)), max_length=length, truncation=True,
+                                         padding="max_length", return_tensors="pt")
+                input_ids, attention_mask = encoded["input_ids"].long(), encoded["attention_mask"].long()
+            made += 1
+            yield {"input_ids": input_ids, "attention_mask": attention_mask, "_stream": index,
+                   "_stream_state": {**stream.state(), "carry": list(carry), "batches": made}}
+
+
+def _skipped(state: dict) -> int:
+    return sum(stream["skipped"] for stream in state["streams"] if stream)
+
+
+def _export(state: dict) -> dict:
+    """A deep copy made of plain Python values, fit for JSON and for ``torch.load(weights_only=True)``."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(key): plain(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    exported = plain(state)
+    exported["skipped_documents"] = _skipped(exported)
+    return exported
+
+
+class ResumableLoader:
+    """Iterable of training batches that knows exactly which batches the training loop has taken.
+
+    :meth:`state_dict` reflects the batches handed out so far (not those prefetched by workers); a new loader
+    built the same way continues after :meth:`load_state_dict` with the very next batch. Iterating again
+    continues where the previous iteration stopped.
+    """
+
+    def __init__(self, dataset: TrainBatches, num_workers: int):
+        self.dataset, self.num_workers = dataset, num_workers
+        self._state = dataset.state_dict()
+
+    @property
+    def skipped_documents(self) -> int:
+        """Documents skipped because they were not valid UTF-8, among those behind the batches handed out."""
+        return _skipped(self._state)
+
+    def state_dict(self) -> dict:
+        return _export(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
+        self._state = self.dataset.state_dict()
+
+    def __iter__(self):
+        self.dataset.load_state_dict(self._state)  # workers are forked from this object: they start from here
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                             collate_fn=_keep, persistent_workers=False)
+        for item in loader:
+            if "_error" in item:
+                raise ConfigError(item["_error"])
+            index, stream_state = item.pop("_stream"), item.pop("_stream_state")
+            self._state["batches"] += 1
+            self._state["streams"][index] = stream_state
+            yield item
+
+
+def make_train_loader(dataset: TrainBatches, num_workers: int) -> ResumableLoader:
+    """The training loader for ``dataset``; ``num_workers`` must be the one ``dataset`` was built with."""
+    if num_workers != dataset.num_workers:
+        raise ValueError(f"make_train_loader(num_workers={num_workers}) but the dataset was built with "
+                         f"num_workers={dataset.num_workers}; they must match")
+    if num_workers > 0:
+        # workers tokenize in parallel already; a forked Rust thread pool would only warn and be disabled
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return ResumableLoader(dataset, num_workers)
+
+
+def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens, rank=0, world_size=1):
+    """This rank's evaluation batches ``{"input_ids", "attention_mask"}`` (truncated and padded to ``max_length``).
+
+    Every rank reads the same validation stream (``path``, or the hub's C4 ``validation`` split when ``path`` is
+    None) shuffled like the paper's ``val_data.shuffle(seed=42)`` (datasets' buffered shuffle; nothing here needs
+    resuming), cuts it into batches of ``batch_size`` usable documents and keeps batches in order until their non-pad
+    tokens reach ``target_eval_tokens``, the crossing batch included (the last batch may be smaller if the data runs
+    out first). Rank ``r`` gets the batches whose index is ``r`` modulo ``world_size``, so the set of batches does not
+    depend on ``world_size``; a rank can get none when there are fewer batches than ranks. Every rank tokenizes all
+    batches, since the cut depends on all of their token counts. Errors in the arguments or the path are raised here;
+    "no tokens at all" is raised by the returned iterator once the stream is exhausted.
+    """
+    _check_positive(batch_size=batch_size, max_length=max_length)
+    _check_rank(rank, world_size)
+    where = f"'{path}'" if path is not None else f"the hub's {HUB_DATASET[0]} validation split"
+    documents = load_documents(path, "validation").shuffle(seed=EVAL_SEED)
+    return _eval_batches(documents, where, tokenizer, batch_size, max_length, target_eval_tokens, rank, world_size)
+
+
+def _eval_batches(documents, where, tokenizer, batch_size, max_length, target, rank, world_size):
+    skipped = [0]
+
+    def texts():
+        for block in documents.iter(batch_size=256):
+            usable, bad = _usable(block["text"], block.get("undecodable"))
+            skipped[0] += bad
+            yield from usable
+
+    docs, tokens = texts(), 0
+    for index in itertools.count():
+        if tokens >= target:
+            break
+        group = list(itertools.islice(docs, batch_size))
+        if not group:
+            break
+        encoded = tokenizer(group, max_length=max_length, truncation=True, padding="max_length", return_tensors="pt")
+        batch = {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
+        tokens += int(batch["attention_mask"].sum())
+        if index % world_size == rank:
+            yield batch
+    if skipped[0]:
+        logger.warning("evaluation skipped %d documents of %s that are not valid UTF-8", skipped[0], where)
+    if tokens == 0:
+        raise ConfigError(f"evaluation found no tokens in {where}; check --eval_dataset_path / --target_eval_tokens")

@@ -1,0 +1,51 @@
+"""Builders for the weight-decay strategy, the optimizer and the learning-rate schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..strategies import DecayStrategy, build_strategy
+
+
+def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy:
+    common = {"update_every": args.unbalancedWD_every,
+              "analysis": {"pl_fitting": args.pl_fitting, "xmin_pos": args.xmin_pos,
+                           "filter_zeros": args.filter_zeros, "farms": args.farms,
+                           "dtype": torch.float64 if args.esd_float64 else torch.float32}}
+    if args.alpha_every is not None:
+        common["alpha_every"] = args.alpha_every
+    if args.strategy in ("alphadecay", "adadecay"):
+        common.update(metric=args.esd_metric_for_tb, assign_func=args.assign_func,
+                      wd_min_ratio=args.wd_min_ratio, wd_max_ratio=args.wd_max_ratio,
+                      positive=args.alpha_positively_with_WD, eigs_thresh=args.eigs_thresh,
+                      remove_first_layer=args.remove_first_layer, remove_last_layer=args.remove_last_layer)
+    return build_strategy(args.strategy, model, args.weight_decay, **common)
+
+
+def build_optimizer(args, param_groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    # Fused kernels on CUDA: one launch per group instead of a loop over tensors.
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return cls(param_groups, lr=args.lr, **fast)
+
+
+def lr_lambda(step: int, *, kind: str, total: int, warmup: int, min_ratio: float, cycle: int | None = None) -> float:
+    """Multiplier of the peak lr: linear warm-up, then linear / cosine / cosine-with-restarts to min_ratio."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "cosine_restarts":
+        cycle = cycle or max(1, (total - warmup) // 4)
+        progress = ((step - warmup) % cycle) / cycle
+    else:
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return min_ratio + (1 - min_ratio) * (1 - progress)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(args, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    import functools
+    fn = functools.partial(lr_lambda, kind=args.scheduler, total=args.num_training_steps,
+                           warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
