@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--continue_from", default=None,
                    help="resume the full training state from a checkpoint folder, or 'latest' for the newest "
                         "complete checkpoint in --save_dir")
+    e.add_argument("--eval_only", action="store_true",
+                   help="evaluate the weights of --continue_from (any number of ranks) and exit")
     e.add_argument("--on_nonfinite", default="stop", choices=["stop", "skip"],
                    help="on a NaN/Inf loss or gradient: stop with an error, or skip that update")
     e.add_argument("--log_every", type=int, default=1, help="write a training record every N updates")
@@ -205,6 +207,8 @@ def validate(args, world_size: int = 1):
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     args.wandb_name = args.wandb_name or args.name
     args.save_dir = args.save_dir or os.path.join("checkpoints", args.name)
+    _require(not args.eval_only or args.continue_from is not None,
+             "--eval_only needs --continue_from <checkpoint folder> (the weights to evaluate)")
     if args.continue_from == "latest":
         pass  # resolved against --save_dir by the checkpoint module
     elif args.continue_from is not None:

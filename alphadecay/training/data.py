@@ -32,6 +32,7 @@ the same sequence.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -98,6 +99,22 @@ def _usable(texts, flags):
     return kept, skipped
 
 
+class _DropShuffleBufferWarning(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith("Loading a state dict of a shuffle buffer")
+
+
+@contextlib.contextmanager
+def _quiet_shuffle_buffer_warning():
+    """Hide datasets' "shuffle buffer content lost" warning: our buffer of size 1 is always empty between documents."""
+    datasets_logger, drop = logging.getLogger("datasets.iterable_dataset"), _DropShuffleBufferWarning()
+    datasets_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        datasets_logger.removeFilter(drop)
+
+
 def _keep(batch):
     """DataLoader ``collate_fn``: batches arrive ready-made and their bookkeeping must not be converted."""
     return batch
@@ -133,7 +150,10 @@ class _DocStream:
             whole_epoch = self.source is None and self.block == 0 and self.offset == 0
             ds, kept = self._dataset(), 0
             # ds.iter, not iter(ds): inside a DataLoader worker iter(ds) would split the shards by worker again.
-            for block in ds.iter(batch_size=owner.shuffle_buffer):
+            blocks = ds.iter(batch_size=owner.shuffle_buffer)
+            with _quiet_shuffle_buffer_warning():  # the state is loaded when the first block is fetched
+                first = next(blocks, None)
+            for block in itertools.chain([first] if first is not None else [], blocks):
                 after_block = ds.state_dict()
                 texts, flags = block["text"], block.get("undecodable")
                 seed = [owner.shuffle_seed, self.epoch, self.stream, self.block]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import sys
@@ -54,13 +55,15 @@ def train(args) -> dict:
     random.seed(args.seed)
     dtype = torch.bfloat16 if (args.dtype or ("bfloat16" if rt.device.type == "cuda" and torch.cuda.is_bf16_supported()
                                               else "float32")) == "bfloat16" else torch.float32
-    if rt.is_main:
+    if rt.is_main and not args.eval_only:
         _ensure_writable(args.save_dir)
     resume_from = checkpoint.resolve(args.continue_from, args.save_dir)
 
     tokenizer = load_tokenizer(args.tokenizer, args.max_length)
     model = build_model(args.model_config, dtype=dtype, device=rt.device, seed=args.seed,
                         activation_checkpointing=args.activation_checkpointing)
+    if args.eval_only:
+        return evaluate_checkpoint(args, rt, model, tokenizer, resume_from)
     strategy = strategy_from_args(args, model)
     # The paper's start: decays assigned from the initial weights (skipped when resuming: restored below).
     optimizer = build_optimizer(args, strategy.param_groups(initial_assignment=resume_from is None), rt.device)
@@ -200,6 +203,17 @@ def train(args) -> dict:
     log.close()
     teardown()
     return {"update_step": update_step, **final}
+
+
+def evaluate_checkpoint(args, rt, model, tokenizer, path) -> dict:
+    if path is None:
+        raise ConfigError(f"no checkpoint found in {args.save_dir!r} for --continue_from latest; train first or pass a folder")
+    checkpoint.load_model_weights(model, path)
+    result = evaluate(model, tokenizer, args, rt)
+    if rt.is_main:
+        print(json.dumps({"checkpoint": path, **result}))
+    teardown()
+    return result
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,263 @@
+"""Figures from training runs' metrics.jsonl files.
+
+    python -m alphadecay.plot_runs RUN [RUN ...] --out OUTDIR [--labels L ...] [--smooth 0.6]
+
+RUN is a run folder holding metrics.jsonl, or the file itself. Writes loss.png, eval_ppl.png,
+type_mean_alpha.png and weight_decay.png (a figure whose records no run has is skipped, with a note).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import plots
+from .analysis import MODULE_TYPES, module_type
+
+
+@dataclass
+class Run:
+    label: str
+    path: str
+    config: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)   # type -> records sorted by step
+    skipped_lines: int = 0
+
+    def series(self, kind: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [(r["step"], _num(r.get(key))) for r in self.records.get(kind, [])]
+        pairs = [(s, v) for s, v in pairs if v is not None]
+        if not pairs:
+            return np.zeros(0), np.zeros(0)
+        steps, values = zip(*pairs)
+        return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def resolve(path: str) -> str:
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no metrics.jsonl at {path}")
+    return path
+
+
+def default_label(metrics_path: str) -> str:
+    return os.path.basename(os.path.dirname(os.path.abspath(metrics_path))) or metrics_path
+
+
+def read_run(path: str, label: str | None = None) -> Run:
+    """Parse one metrics.jsonl; for a repeated (type, step), as after a resume, the last record wins."""
+    metrics_path = resolve(path)
+    run = Run(label or default_label(metrics_path), metrics_path)
+    latest: dict[tuple[str, int], dict] = {}
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                # A run killed mid-write leaves a truncated last line; the rest of the file is still good.
+                run.skipped_lines += 1
+                continue
+            if not isinstance(rec, dict) or "type" not in rec:
+                run.skipped_lines += 1
+                continue
+            if rec["type"] == "config":
+                run.config = rec.get("config") or {}
+                continue
+            latest[(rec["type"], int(rec.get("step", 0)))] = rec
+    by_type = defaultdict(list)
+    for (kind, step), rec in sorted(latest.items(), key=lambda kv: kv[0][1]):
+        by_type[kind].append({**rec, "step": step})
+    run.records = dict(by_type)
+    return run
+
+
+def _unique_labels(runs: list[Run]) -> None:
+    # Two runs named "seed5" under different sweeps would be indistinguishable in a legend.
+    seen = defaultdict(list)
+    for r in runs:
+        seen[r.label].append(r)
+    for label, same in seen.items():
+        if len(same) > 1:
+            for r in same:
+                parent = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(r.path))))
+                r.label = f"{parent}/{label}"
+
+
+def plot_loss(runs: list[Run], path: str, smooth: float = 0.0) -> str | None:
+    data = [(r, *r.series("train", "loss")) for r in runs]
+    data = [d for d in data if d[1].size]
+    if not data:
+        return None
+    fig, axes = plots.new_figure(8, 4.8)
+    ax = axes[0, 0]
+    handles, labels, tops = [], [], []
+    for k, (run, steps, loss) in enumerate(data):
+        color = f"C{k % 10}"
+        if smooth > 0:
+            ax.plot(steps, loss, color=plots.faint(color, 0.25), lw=0.8)
+        (line,) = ax.plot(steps, plots.smooth(loss, smooth), color=color, lw=1.6)
+        handles.append(line)
+        labels.append(run.label)
+        # The first few percent of training (loss ~ ln vocab) would squash the interesting part.
+        late = loss[steps >= steps.min() + 0.05 * (steps.max() - steps.min())]
+        tops.append(np.nanpercentile(late if late.size else loss, 99))
+    finite = np.concatenate([d[2][np.isfinite(d[2])] for d in data])
+    if finite.size and tops:
+        lo, hi = float(finite.min()), float(max(tops))
+        pad = 0.05 * (hi - lo) if hi > lo else 0.1
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss" + (f" (EMA {smooth:g}, raw faint)" if smooth > 0 else ""))
+    ax.set_title("Training loss")
+    ax.grid(True, alpha=0.3)
+    plots.style_legend(fig, handles, labels, title="run")
+    return plots.save(fig, path)
+
+
+def plot_eval_ppl(runs: list[Run], path: str) -> str | None:
+    data = [(r, *r.series("eval", "eval_ppl"), *r.series("final", "eval_ppl")) for r in runs]
+    data = [d for d in data if d[1].size or d[3].size]
+    if not data:
+        return None
+    fig, axes = plots.new_figure(8, 4.8)
+    ax = axes[0, 0]
+    handles, labels = [], []
+    for k, (run, steps, ppl, fsteps, fppl) in enumerate(data):
+        color = f"C{k % 10}"
+        (line,) = ax.plot(steps, ppl, color=color, marker="o", ms=3.5, lw=1.6)
+        if fsteps.size:
+            ax.plot(fsteps, fppl, color=color, marker="*", ms=13, ls="none", markeredgecolor="black", mew=0.6)
+            label = f"{run.label} (final {fppl[-1]:.2f})"
+        else:
+            label = f"{run.label} (last {ppl[-1]:.2f})"
+        handles.append(line)
+        labels.append(label)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation perplexity (log scale)")
+    ax.set_title("Validation perplexity (star: final evaluation)")
+    ax.grid(True, which="both", alpha=0.3)
+    plots.style_legend(fig, handles, labels, title="run")
+    return plots.save(fig, path)
+
+
+def type_series(run: Run, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per module type: steps and the mean of ``key`` over that type's modules at each decay record.
+
+    type_mean_alpha is taken as logged; decays are averaged here from module_weight_decay.
+    """
+    out = defaultdict(lambda: ([], []))
+    for rec in run.records.get("decay", []):
+        if key == "type_mean_alpha":
+            means = {t: _num(v) for t, v in (rec.get("type_mean_alpha") or {}).items()}
+        else:
+            groups = defaultdict(list)
+            for name, v in (rec.get(key) or {}).items():
+                if _num(v) is not None:
+                    groups[module_type(name)].append(float(v))
+            means = {t: sum(v) / len(v) for t, v in groups.items()}
+        for t, v in means.items():
+            if t in MODULE_TYPES and v is not None:
+                out[t][0].append(rec["step"])
+                out[t][1].append(v)
+    return {t: (np.asarray(s, float), np.asarray(v, float)) for t, (s, v) in out.items()}
+
+
+def plot_per_type(runs: list[Run], key: str, path: str, *, title: str, ylabel: str,
+                  log: bool = False) -> str | None:
+    """One panel per run (types overlaid in fixed colours), shared y so runs compare at a glance."""
+    data = [(r, type_series(r, key)) for r in runs]
+    data = [d for d in data if d[1]]
+    if not data:
+        return None
+    ncols = min(3, len(data))
+    nrows = math.ceil(len(data) / ncols)
+    fig, axes = plots.new_figure(4.2 * ncols + 1.4, 3.4 * nrows + 0.6, nrows, ncols, sharey=True)
+    present = [t for t in MODULE_TYPES if any(t in s for _, s in data)]
+    for k, (run, series) in enumerate(data):
+        ax = axes[k // ncols, k % ncols]
+        for t in present:
+            if t in series:
+                steps, values = series[t]
+                ax.plot(steps, values, color=plots.type_color(t), lw=1.6, marker="o" if steps.size < 30 else None,
+                        ms=3)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(run.label, fontsize=10)
+        ax.set_xlabel("optimizer step")
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    for k in range(len(data), nrows * ncols):
+        axes[k // ncols, k % ncols].set_visible(False)
+    fig.suptitle(title)
+    plots.style_legend(fig, *plots.type_handles(present), title="module type")
+    return plots.save(fig, path)
+
+
+def make_plots(runs: list[Run], out_dir: str, smooth: float = 0.0) -> dict[str, str | None]:
+    os.makedirs(out_dir, exist_ok=True)
+    j = lambda name: os.path.join(out_dir, name)  # noqa: E731
+    return {
+        "loss.png": plot_loss(runs, j("loss.png"), smooth),
+        "eval_ppl.png": plot_eval_ppl(runs, j("eval_ppl.png")),
+        "type_mean_alpha.png": plot_per_type(runs, "type_mean_alpha", j("type_mean_alpha.png"),
+                                             title="Mean PL alpha per module type over training",
+                                             ylabel="mean alpha"),
+        "weight_decay.png": plot_per_type(runs, "module_weight_decay", j("weight_decay.png"),
+                                          title="Assigned weight decay per module type (mean over modules)",
+                                          ylabel="weight decay", log=True),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m alphadecay.plot_runs",
+                                description="Plot loss, perplexity, per-type alpha and decays of training runs.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder containing metrics.jsonl, or the file itself")
+    p.add_argument("--out", required=True, metavar="OUTDIR", help="folder for the PNGs")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per RUN (default: folder names)")
+    p.add_argument("--smooth", type=float, default=0.0,
+                   help="EMA factor in [0, 1) for the training loss; raw curve drawn faint (default 0: raw)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.runs):
+        parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
+    if not 0 <= args.smooth < 1:
+        parser.error("--smooth must be in [0, 1)")
+    try:
+        runs = [read_run(p, args.labels[k] if args.labels else None) for k, p in enumerate(args.runs)]
+    except (FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.labels:
+        _unique_labels(runs)
+    for r in runs:
+        if r.skipped_lines:
+            print(f"note: {r.path}: skipped {r.skipped_lines} unreadable line(s)", file=sys.stderr)
+    for name, written in make_plots(runs, args.out, args.smooth).items():
+        if written:
+            print(f"wrote {written}")
+        else:
+            print(f"note: no run has the records for {name}; not written", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
