@@ -31,7 +31,7 @@ from .powerlaw import PL_FITTINGS
 TABLE_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy")
 # Scores that can drive the assignment without gradients (a saved model has none).
 WEIGHT_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy")
-HELP_TAIL = "error: no model found at {path}: {reason}; pass a folder written by save_pretrained or a hub name"
+NOT_FOUND = "error: no model found at {path}: {reason}; pass a folder written by save_pretrained or a hub name"
 
 
 class UsageError(Exception):
@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", metavar="FILE", help="write the full per-module table as JSON ('-' = stdout)")
     out.add_argument("--csv", metavar="FILE", help="write the per-module table as CSV ('-' = stdout)")
     out.add_argument("--plot", metavar="DIR", help="write esd_<module>.png and alpha_heatmap.png into DIR")
-    out.add_argument("--modules", nargs="+", metavar="SUBSTR",
-                     help="ESD plots for modules whose name contains any SUBSTR (default: every module of the "
-                          "middle layer)")
+    # Comma-separated (repeatable) rather than nargs="+", which would swallow a PATH written after it.
+    out.add_argument("--modules", action="extend", type=lambda s: [x for x in s.split(",") if x], metavar="S1,S2",
+                     help="ESD plots for modules whose name contains any of these substrings, e.g. "
+                          "'layers.11.,lm_head' (default: every module of the middle layer)")
     out.add_argument("-q", "--quiet", action="store_true", help="no human-readable table")
     wd = p.add_argument_group("decay assignment (as in training)")
     wd.add_argument("--weight_decay", type=float, default=1e-5, help="base decay wd (default 1e-5)")
@@ -66,15 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     wd.add_argument("--wd_max_ratio", type=float, default=3.0, help="decay of the largest score, x wd")
     wd.add_argument("--assign_func", default="tb_linear_map", choices=ASSIGN_FUNCS)
     wd.add_argument("--esd_metric_for_tb", default="alpha", choices=WEIGHT_METRICS, help="score driving the decays")
-    wd.add_argument("--remove_first_layer", type=_bool, default=True, nargs="?", const=True,
+    wd.add_argument("--remove_first_layer", type=_bool, default=True,
                     help="first linear module keeps wd (true/false, default true)")
-    wd.add_argument("--remove_last_layer", type=_bool, default=True, nargs="?", const=True,
+    wd.add_argument("--remove_last_layer", type=_bool, default=True,
                     help="last linear module (lm_head) keeps wd (true/false, default true)")
     wd.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd")
     est = p.add_argument_group("estimator")
     est.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS)
     est.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
-    est.add_argument("--filter_zeros", type=_bool, default=False, nargs="?", const=True,
+    est.add_argument("--filter_zeros", type=_bool, default=False,
                      help="drop eigenvalues <= 1e-5 before fitting")
     est.add_argument("--farms", action="store_true", help="fit alpha on square sub-windows (FARMS)")
     est.add_argument("--float64", "--esd_float64", dest="float64", action="store_true",
@@ -88,7 +89,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
 def _looks_local(path: str) -> bool:
-    return not _HUB_ID.match(path)
+    # "runs/step_1000" whose "runs" folder exists is a mistyped local path, not a hub id.
+    return not _HUB_ID.match(path) or ("/" in path and os.path.isdir(path.split("/", 1)[0]))
 
 
 def load_model(path: str):
@@ -96,20 +98,25 @@ def load_model(path: str):
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
-            raise UsageError(HELP_TAIL.format(path=path, reason="not a folder"))
+            raise UsageError(NOT_FOUND.format(path=path, reason="not a folder"))
         if not os.path.isfile(os.path.join(expanded, "config.json")):
-            raise UsageError(HELP_TAIL.format(path=path, reason="the folder has no config.json"))
+            raise UsageError(NOT_FOUND.format(path=path, reason="the folder has no config.json"))
         path = expanded
     elif _looks_local(path):
-        raise UsageError(HELP_TAIL.format(path=path, reason="no such folder"))
+        raise UsageError(NOT_FOUND.format(path=path, reason="no such folder"))
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # stderr stays readable; a 1B model loads in seconds anyway
+    try:  # huggingface_hub logs every retry of an unreachable hub; the one-line error says it all
+        from huggingface_hub.utils import logging as hub_logging
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
     try:
         AutoConfig.from_pretrained(path)
     except Exception as e:  # OSError, ValueError, HTTP errors: all mean "nothing loadable here"
-        raise UsageError(HELP_TAIL.format(path=path, reason=_first_line(e))) from None
+        raise UsageError(NOT_FOUND.format(path=path, reason=_first_line(e))) from None
     try:
         # transformers 5 takes dtype= (torch_dtype= is deprecated) and always loads low-memory;
         # "auto" keeps the saved dtype, so a bf16 1B model takes ~2.5 GB instead of 5.
@@ -121,7 +128,7 @@ def load_model(path: str):
 
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
 
 
 @contextlib.contextmanager

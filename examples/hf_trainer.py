@@ -57,8 +57,8 @@ def main(argv=None):
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=344,
                                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128))
-    training_args = TrainingArguments(output_dir=args.output_dir, max_steps=args.max_steps, learning_rate=args.learning_rate,
-                                      per_device_train_batch_size=8, lr_scheduler_type="cosine", warmup_steps=4,
+    training_args = TrainingArguments(output_dir=args.output_dir, max_steps=args.max_steps,
+                                      learning_rate=args.learning_rate, per_device_train_batch_size=8, lr_scheduler_type="cosine", warmup_steps=4,
                                       logging_steps=args.update_every, save_strategy="no", report_to="none",
                                       use_cpu=True, disable_tqdm=True)
 

@@ -142,9 +142,9 @@ trap 'AD_STOP=1' INT TERM
 ad_run() {
     local table="$1" model="$2" optimizer="$3" method decay="$5" seed="$6" every="${7:-500}"
     local rmin="${8:-0.6666}" rmax="${9:-3}"
+    method="$(ad_norm_method "$4")"
     shift 9 2>/dev/null || shift $#
     local run_extra=("$@")
-    method="$(ad_norm_method "$4")"
     [[ "$AD_STOP" == 1 ]] && return 0
     [[ "$method" == none ]] && decay=0
 

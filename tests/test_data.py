@@ -1,6 +1,5 @@
 """Tests for alphadecay.training.data: batching, packing, exact resume, rank split, evaluation cut, bad data."""
 import gzip
-import io
 import json
 import os
 import re
@@ -144,27 +143,60 @@ def test_exact_resume(tok, c4, tmp_path, workers, packing):
         assert same(head + take(resumed, total - k), reference), f"resume after {k} batches differs"
 
 
-def test_resume_across_blocks_and_epochs(tok, synth):
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_resume_across_blocks_and_epochs(tok, synth, world_size):
+    # world_size 1: each of the 2 workers reads one file; world_size 2 (rank 1): 4 streams share 2 files document-wise
     def make(workers):
-        ds = TrainBatches(synth, tok, batch_size=3, max_length=L, num_workers=workers, shuffle_buffer=4)
+        ds = TrainBatches(synth, tok, batch_size=3, max_length=L, num_workers=workers, shuffle_buffer=4,
+                          rank=world_size - 1, world_size=world_size)
         return ds, make_train_loader(ds, workers)
 
-    reference = take(make(2)[1], 22)  # 66 documents: more than three epochs of 20
+    assert make(2)[0].strategy == ("shards" if world_size == 1 else "examples")
+    per_stream = 20 // (2 * world_size)
+    reference = take(make(2)[1], 22)  # 66 documents: more than three epochs of each stream
     in_process = take(make(2)[0], 22)  # iterating the dataset directly interleaves its streams the same way
     assert same([{k: b[k] for k in ("input_ids", "attention_mask")} for b in in_process], reference)
     for k in (7, 16):
         first = make(2)[1]
         head = take(first, k)
         state = first.state_dict()
-        assert state["batches"] == k and [s["epoch"] for s in state["streams"]] == ([1, 0] if k == 7 else [2, 2])
-        if k == 7:  # mid-epoch: the stream restarts from the datasets checkpoint of its current block
+        taken = [(k + 1 - i) // 2 * 3 for i in (0, 1)]  # documents each stream has handed out
+        assert state["batches"] == k
+        assert [s["epoch"] for s in state["streams"]] == [(n - 1) // per_stream for n in taken]
+        if k == 7 and world_size == 1:  # mid-epoch: the stream restarts from the datasets state of its block
             assert state["streams"][1]["source"] is not None
         second = make(2)[1]
         second.load_state_dict(state)
         assert same(head + take(second, 22 - k), reference)
-    single = ids_of(tok, take(make(0)[1], 20))  # one stream: epochs are permutations of all 20 documents
-    assert all(sorted(single[e * 20:(e + 1) * 20]) == list(range(20)) for e in range(3))
-    assert single[:20] != single[20:40]
+    if world_size == 1:
+        single = ids_of(tok, take(make(0)[1], 20))  # one stream: epochs are permutations of all 20 documents
+        assert all(sorted(single[e * 20:(e + 1) * 20]) == list(range(20)) for e in range(3))
+        assert single[:20] != single[20:40]
+
+
+def test_resume_on_an_arrow_builder_stream(tok, c4, monkeypatch):
+    """path=None streams the hub's C4 through datasets' Arrow json builder; emulate it offline with the local files."""
+    import datasets
+
+    import alphadecay.training.data as data
+
+    files = resolve_data_files(c4)
+    def arrow_stream(path, split):
+        return datasets.load_dataset("json", data_files=files, split=split, streaming=True)
+
+    monkeypatch.setattr(data, "load_documents", arrow_stream)
+    for workers, rank, world_size in [(0, 0, 1), (3, 1, 2)]:  # whole files; then one document in 6 per stream
+        def make():
+            return TrainBatches(None, tok, batch_size=B, max_length=L, num_workers=workers, rank=rank,
+                                world_size=world_size, shuffle_buffer=7)
+
+        reference = take(make(), 30)
+        for k in (5, 19):
+            first = make()
+            head = take(first, k)
+            second = make()
+            second.load_state_dict(first.state_dict())
+            assert same(head + take(second, 30 - k), reference)
 
 
 @pytest.mark.parametrize("files,workers", [(("a", "b"), 0), (("a", "b"), 2), (("a",), 0)])
@@ -203,6 +235,9 @@ def test_eval_batches_do_not_depend_on_world_size(tok, c4):
     counts = [int(b["attention_mask"].sum()) for b in single]
     assert sum(counts[:-1]) < target <= sum(counts)  # the batch that crosses the target is the last one
     assert all(b["input_ids"].shape == (B, L) for b in single)
+    for cache in (True, False):  # the repeat is replayed from memory; without the cache it is recomputed
+        again = list(eval_batches(c4, tok, batch_size=B, max_length=L, target_eval_tokens=target, cache=cache))
+        assert same(again, single) and all(b["input_ids"].dtype == torch.long for b in again)
     for world in (2, 3):
         parts = [list(eval_batches(c4, tok, batch_size=B, max_length=L, target_eval_tokens=target, rank=r,
                                    world_size=world)) for r in range(world)]
@@ -254,9 +289,10 @@ def test_formats_json_array_parquet_and_text(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_files_name_the_file(tok, synth, tmp_path, workers):
     good = Path(synth) / "a.jsonl.gz"
+    truncated = gzip.compress(gzip.decompress(good.read_bytes()) * 20)[:-30]
     cases = {
         "corrupt.jsonl.gz": (b"this is not gzip\n", "corrupt or truncated gzip"),
-        "truncated.jsonl.gz": (gzip.compress(gzip.decompress(good.read_bytes()) * 20)[:-30], "corrupt or truncated gzip"),
+        "truncated.jsonl.gz": (truncated, "corrupt or truncated gzip"),
         "notext.jsonl": (b'{"text": "fine"}\n{"url": "u", "body": "no text"}\n', "no 'text' field"),
         "broken.jsonl": (b'{"text": "fine"}\n{"text": "unterminated\n', "not valid JSON"),
     }
@@ -265,7 +301,8 @@ def test_bad_files_name_the_file(tok, synth, tmp_path, workers):
         folder.mkdir()
         (folder / "good.jsonl.gz").write_bytes(good.read_bytes())
         (folder / name).write_bytes(content)
-        loader = make_train_loader(TrainBatches(str(folder), tok, batch_size=2, max_length=L, num_workers=workers), workers)
+        dataset = TrainBatches(str(folder), tok, batch_size=2, max_length=L, num_workers=workers)
+        loader = make_train_loader(dataset, workers)
         with pytest.raises(ConfigError, match=message) as error:
             take(loader, 50)
         assert name in str(error.value) and "\n" not in str(error.value)

@@ -1,7 +1,6 @@
 """Command-line tools (analyze, plot_runs) and the transformers.Trainer integration."""
 import json
 import math
-import os
 import random
 import subprocess
 import sys

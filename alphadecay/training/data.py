@@ -7,8 +7,8 @@ Training stream (:class:`TrainBatches`), per rank:
    on every rank, as ``split_dataset_by_node`` requires. The size-1 buffer keeps datasets' own example buffer out,
    because a datasets shuffle buffer is not part of its ``state_dict`` and resuming would silently drop up to
    ``buffer_size`` documents.
-3. The shards are split over ``G = world_size * max(1, num_workers)`` logical streams (rank-major) with two nested
-   ``split_dataset_by_node`` calls. Whole shards are dealt out round-robin when there are at least ``G`` of them
+3. The shards are split over ``G = world_size * W`` logical streams (``W = max(1, num_workers)`` per rank) with two
+   nested ``split_dataset_by_node`` calls. Whole shards are dealt out round-robin when there are at least ``G`` of them
    (strategy ``"shards"``; streams may then get unequal numbers of files); with fewer shards than streams every
    stream reads all files and keeps one document in ``G`` (strategy ``"examples"``), which costs ``G`` times the
    reading. datasets' own ``"auto"`` would fall back to ``"examples"`` whenever ``G`` does not divide the shard
@@ -17,7 +17,8 @@ Training stream (:class:`TrainBatches`), per rank:
    ``(shuffle_seed, epoch, stream, block)``, so a block can be rebuilt exactly from the datasets state at its start.
 5. Documents are tokenized ``batch_size`` at a time (one batched fast-tokenizer call) into ``[batch_size, max_length]``
    rows, either truncated and padded (default, as in the paper) or packed (``packing=True``): documents joined with
-   EOS into one token stream cut into full rows, the remainder carried to the next batch.
+   EOS into one token stream cut into full rows, the remainder carried to the next batch (documents are tokenized
+   without special tokens there, so EOS is the only separator and no BOS is added).
 6. Streams never end: at the end of the data a stream starts its next epoch (shard order reshuffled by
    ``set_epoch``, new block permutations). Batch ``n`` of a rank comes from logical stream ``n % W``.
 
@@ -170,12 +171,12 @@ class _DocStream:
             if whole_epoch and kept == 0:
                 raise ConfigError(
                     f"data stream {self.stream} (rank {owner.rank}, worker {self.index}) found no usable documents "
-                    f"in {owner.source_name}; add data or use fewer ranks/--num_workers")
+                    f"in {owner.source_name}; add data or use fewer ranks/--workers")
             self.epoch, self.block, self.offset, self.source = self.epoch + 1, 0, 0, None
 
 
 class TrainBatches(torch.utils.data.IterableDataset):
-    """Endless training batches ``{"input_ids", "attention_mask"}`` (LongTensor ``[batch_size, max_length]``) of one rank.
+    """Endless training batches ``{"input_ids", "attention_mask"}`` of one rank (LongTensors, batch_size x max_length).
 
     Batches also carry the bookkeeping keys ``_stream``/``_stream_state`` (stripped by :func:`make_train_loader`).
     Iterate it through :func:`make_train_loader` with the same ``num_workers``; iterated directly (in-process) it
@@ -188,7 +189,10 @@ class TrainBatches(torch.utils.data.IterableDataset):
         _check_positive(batch_size=batch_size, max_length=max_length, shuffle_buffer=shuffle_buffer)
         _check_rank(rank, world_size)
         if not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError(f"num_workers must be 0 or more, got {num_workers!r}; fix --num_workers")
+            raise ConfigError(f"num_workers must be 0 or more, got {num_workers!r}; fix --workers")
+        if not isinstance(shuffle_seed, int) or shuffle_seed < 0:
+            raise ConfigError(f"the data shuffle seed must be an integer >= 0, got {shuffle_seed!r}; pass a valid "
+                              f"shuffle_seed")
         if packing and tokenizer.eos_token_id is None:
             raise ConfigError("packing needs a tokenizer with an EOS token; use another tokenizer or drop --packing")
         self.tokenizer, self.batch_size, self.max_length, self.packing = tokenizer, batch_size, max_length, packing
@@ -227,11 +231,12 @@ class TrainBatches(torch.utils.data.IterableDataset):
             raise ConfigError(f"the checkpoint's data-loader state is not a '{STATE_FORMAT}' state; resume from a "
                               f"checkpoint written by this version or start the run afresh")
         saved, mine = state.get("settings", {}), self._settings()
-        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in mine.items() if saved.get(key) != value]
+        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in mine.items()
+                   if saved.get(key) != value]
         if changed or len(state.get("streams", ())) != self.num_streams:
             raise ConfigError(f"cannot resume the training data stream: the checkpoint was written with "
                               f"{', '.join(changed) or 'other data streams'}; resume with the same data, batch size, "
-                              f"sequence length, packing, seed, world size and --num_workers")
+                              f"sequence length, packing, world size and --workers")
         self._progress = copy.deepcopy(dict(state))
 
     def __iter__(self):
@@ -352,7 +357,10 @@ def make_train_loader(dataset: TrainBatches, num_workers: int) -> ResumableLoade
     return ResumableLoader(dataset, num_workers)
 
 
-def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens, rank=0, world_size=1):
+_EVAL_CACHE: dict = {}  # one entry: the batches of the last complete evaluation pass
+
+
+def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens, rank=0, world_size=1, cache=True):
     """This rank's evaluation batches ``{"input_ids", "attention_mask"}`` (truncated and padded to ``max_length``).
 
     Every rank reads the same validation stream (``path``, or the hub's C4 ``validation`` split when ``path`` is
@@ -361,14 +369,31 @@ def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens,
     tokens reach ``target_eval_tokens``, the crossing batch included (the last batch may be smaller if the data runs
     out first). Rank ``r`` gets the batches whose index is ``r`` modulo ``world_size``, so the set of batches does not
     depend on ``world_size``; a rank can get none when there are fewer batches than ranks. Every rank tokenizes all
-    batches, since the cut depends on all of their token counts. Errors in the arguments or the path are raised here;
+    batches, since the cut depends on all of their token counts. With ``cache`` the rank's batches of the last
+    complete pass stay in memory (about 5 bytes per token position) and a repeated call with the same arguments
+    replays them instead of reading and tokenizing again. Errors in the arguments or the path are raised here;
     "no tokens at all" is raised by the returned iterator once the stream is exhausted.
     """
     _check_positive(batch_size=batch_size, max_length=max_length)
     _check_rank(rank, world_size)
+    key = (str(path), id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer), batch_size,
+           max_length, target_eval_tokens, rank, world_size)
+    if cache and key in _EVAL_CACHE:
+        return ({"input_ids": ids.long(), "attention_mask": mask.long()} for ids, mask in _EVAL_CACHE[key])
     where = f"'{path}'" if path is not None else f"the hub's {HUB_DATASET[0]} validation split"
     documents = load_documents(path, "validation").shuffle(seed=EVAL_SEED)
-    return _eval_batches(documents, where, tokenizer, batch_size, max_length, target_eval_tokens, rank, world_size)
+    batches = _eval_batches(documents, where, tokenizer, batch_size, max_length, target_eval_tokens, rank, world_size)
+    return _cached(batches, key) if cache else batches
+
+
+def _cached(batches, key):
+    """Pass ``batches`` through and remember them compactly once the pass completes."""
+    kept = []
+    for batch in batches:
+        kept.append((batch["input_ids"].to(torch.int32), batch["attention_mask"].to(torch.bool)))
+        yield batch
+    _EVAL_CACHE.clear()
+    _EVAL_CACHE[key] = kept
 
 
 def _eval_batches(documents, where, tokenizer, batch_size, max_length, target, rank, world_size):

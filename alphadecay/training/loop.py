@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
+import signal
 import sys
 import time
 
@@ -37,8 +39,16 @@ class NonFiniteError(RuntimeError):
     pass
 
 
+def _fault_injection() -> tuple[int | None, int | None]:
+    """Test hook: ALPHADECAY_FAULT_NAN_STEP=update[:rank] makes that update's loss NaN (on one rank)."""
+    spec = os.environ.get("ALPHADECAY_FAULT_NAN_STEP")
+    if not spec:
+        return None, None
+    step, _, rank = spec.partition(":")
+    return int(step), (int(rank) if rank else None)
+
+
 def _ensure_writable(save_dir: str) -> None:
-    import os
     try:
         os.makedirs(save_dir, exist_ok=True)
         probe = os.path.join(save_dir, f".write-test-{os.getpid()}")
@@ -101,7 +111,9 @@ def train(args) -> dict:
     stop = StopSignal()
     bar = progress_bar(args.num_training_steps, update_step, rt.is_main)
     batches = iter(loader)
-    last_eval = None
+    fault_step, fault_rank = _fault_injection()
+    # Test hook: behave as if SIGTERM arrived during update N (deterministic preemption).
+    stop_after = int(os.environ.get("ALPHADECAY_STOP_AFTER", "0")) or None
     preempted = False
 
     def save():
@@ -114,6 +126,8 @@ def train(args) -> dict:
     try:
         while update_step < args.num_training_steps:
             t0 = time.perf_counter()
+            if stop_after is not None and update_step + 1 >= stop_after:
+                stop.received = signal.SIGTERM
             # 1. Gradients of one update, accumulated without an all-reduce until the last micro-batch.
             loss_sum = torch.zeros((), device=rt.device, dtype=torch.float32)
             local_tokens = 0
@@ -131,6 +145,8 @@ def train(args) -> dict:
                 sync = contextlib.nullcontext() if (micro == accum - 1 or not rt.distributed) else net.no_sync()
                 with sync:
                     loss = net(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                    if fault_step == update_step + 1 and fault_rank in (None, rt.rank):
+                        loss = loss * math.nan
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
 
@@ -194,7 +210,8 @@ def train(args) -> dict:
                   f"same command plus --continue_from {path} (or --continue_from latest)", file=sys.stderr)
         log.close()
         teardown()
-        return {"update_step": update_step, "preempted": True}
+        return {"update_step": update_step, "preempted": True, "checkpoint": path,
+                "model": model, "strategy": strategy}
     final = evaluate(model, tokenizer, args, rt)
     log.write({"type": "final", "step": update_step, **final, "skipped_updates": skipped})
     if rt.is_main:
@@ -202,7 +219,7 @@ def train(args) -> dict:
               f"checkpoint {path}", file=sys.stderr)
     log.close()
     teardown()
-    return {"update_step": update_step, **final}
+    return {"update_step": update_step, **final, "checkpoint": path, "model": model, "strategy": strategy}
 
 
 def evaluate_checkpoint(args, rt, model, tokenizer, path) -> dict:

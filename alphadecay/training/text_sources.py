@@ -153,7 +153,7 @@ def _read_json(file: str, handle):
         if not raw.strip():
             continue
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # -sig: drop a byte-order mark
         except UnicodeDecodeError:
             yield _undecodable(file, f"line {lineno}", warned)
             continue

@@ -26,9 +26,9 @@ ratios() {
 
 for model in $MODELS; do
     for seed in $SEEDS; do
+        ad_has_method none && ad_run "$TABLE" "$model" adam wd0 0 "$seed"
         for decay in $DECAYS; do
             read -r rmin rmax <<< "$(ratios "$decay")"
-            ad_has_method none && ad_run "$TABLE" "$model" adam wd0 0 "$seed"
             ad_has_method uniform && ad_run "$TABLE" "$model" adam uniform "$decay" "$seed"
             ad_has_method awd && ad_run "$TABLE" "$model" adam awd "$decay" "$seed"
             ad_has_method adadecay && ad_run "$TABLE" "$model" adam adadecay "$decay" "$seed"
