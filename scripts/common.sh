@@ -13,6 +13,7 @@
 #   DATA_ARGS     data flags, e.g. "--dataset_path ... --eval_dataset_path ... --tokenizer ..." (empty: hub C4)
 #   STEPS, WARMUP override --num_training_steps / --warmup_steps (WARMUP defaults to STEPS/10 when only STEPS is set)
 #   LR TOTAL_BATCH MICRO_BATCH MAX_LENGTH EVAL_EVERY EVAL_TOKENS SAVE_EVERY DTYPE WORKERS: recipe overrides
+#   EVERY         --unbalancedWD_every of AlphaDecay/AdaDecay (default 500; Table 11 uses INTERVALS instead)
 #   WD_MIN_RATIO, WD_MAX_RATIO   override AlphaDecay's ratios for every decay
 #   EXTRA_ARGS    appended verbatim to every command (last flag wins in argparse)
 #   DRY_RUN=1     print the commands, run nothing
@@ -42,6 +43,7 @@ AD_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${SAVE_EVERY:=10000}"
 : "${DTYPE:=}"
 : "${WORKERS:=}"
+: "${EVERY:=500}"
 : "${WD_MIN_RATIO:=}"
 : "${WD_MAX_RATIO:=}"
 : "${PYTHON:=python}"
@@ -140,7 +142,7 @@ trap 'AD_STOP=1' INT TERM
 #   One training run: skipped when its metrics.jsonl has a final record, resumed (--continue_from latest)
 #   when it has a checkpoint, started otherwise.
 ad_run() {
-    local table="$1" model="$2" optimizer="$3" method decay="$5" seed="$6" every="${7:-500}"
+    local table="$1" model="$2" optimizer="$3" method decay="$5" seed="$6" every="${7:-$EVERY}"
     local rmin="${8:-0.6666}" rmax="${9:-3}"
     method="$(ad_norm_method "$4")"
     shift 9 2>/dev/null || shift $#
@@ -159,8 +161,8 @@ ad_run() {
     local ngpus
     if [[ -n "${NGPUS:-}" ]]; then ngpus="$NGPUS"
     else
-        local vis; vis="$(ad_visible_gpus)"
-        ngpus=$(( vis < M_NGPUS ? vis : M_NGPUS ))
+        ad_visible_gpus >/dev/null   # in this shell: the count is cached in AD_VISIBLE_GPUS
+        ngpus=$(( AD_VISIBLE_GPUS < M_NGPUS ? AD_VISIBLE_GPUS : M_NGPUS ))
     fi
     local procs=$(( ngpus > 0 ? ngpus : 1 ))
     (( TOTAL_BATCH % procs == 0 )) || ad_die "TOTAL_BATCH=$TOTAL_BATCH is not divisible by $procs processes; set NGPUS to a divisor"
@@ -170,7 +172,11 @@ ad_run() {
     (( micro >= 1 )) || micro=1
 
     local name="${stem}-${optimizer}-${method}-wd${decay}"
-    [[ -n "${AD_NAME_EVERY:-}" && ( "$method" == alphadecay ) ]] && name+="-every${every}"
+    # The interval is part of the name in Table 11 and whenever it is not the paper's 500.
+    if [[ "$method" == alphadecay && -n "${AD_NAME_EVERY:-}" ]] || \
+       [[ ( "$method" == alphadecay || "$method" == adadecay ) && "$every" != 500 ]]; then
+        name+="-every${every}"
+    fi
     name+="-s${seed}"
     local save_dir="$OUT/$table/$name"
 
@@ -272,6 +278,12 @@ ad_validate() {
     [[ -z "$STEPS" || "$STEPS" =~ ^[0-9]+$ ]] || ad_die "STEPS must be a number, got '$STEPS'"
     [[ "$DRY_RUN" == 1 ]] || mkdir -p "$OUT" || ad_die "cannot create OUT=$OUT"
     ad_log "OUT=$OUT MODELS='$MODELS' DECAYS='$DECAYS' METHODS='$METHODS' SEEDS='$SEEDS'"
+    if [[ -z "${NGPUS:-}" ]]; then
+        ad_visible_gpus >/dev/null
+        [[ "$AD_VISIBLE_GPUS" == 0 ]] && ad_log "warning: no GPU visible: every run is one CPU process (NGPUS=0) with the full recipe; shrink it with STEPS/TOTAL_BATCH/MICRO_BATCH/MAX_LENGTH"
+    fi
+    [[ "$DRY_RUN" == 1 ]] && echo "# commands run from $AD_REPO"
+    return 0
 }
 
 # ad_has_method METHOD : is it selected in METHODS?

@@ -119,7 +119,12 @@ def load_state(path: str, rank: int, world_size: int) -> dict:
     if not os.path.isfile(file):
         raise ConfigError(f"{path!r} is not a training checkpoint (no {STATE_FILE}); pass a <save_dir>/model_<step> "
                           f"folder written by this program, or 'latest'")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: a checkpoint from an untrusted source cannot run code when it is loaded.
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{file!r} cannot be loaded safely ({str(e).splitlines()[0][:200]}); "
+                          f"it is damaged or was not written by this program") from None
     if state["world_size"] != world_size:
         raise ConfigError(f"checkpoint {path!r} was written by {state['world_size']} ranks, this run has {world_size}; "
                           f"resume with --nproc_per_node={state['world_size']} (the data position is per rank)")

@@ -147,6 +147,7 @@ def train(args) -> dict:
                     loss = net(input_ids=input_ids, attention_mask=mask, labels=labels).loss
                     if fault_step == update_step + 1 and fault_rank in (None, rt.rank):
                         loss = loss * math.nan
+                        fault_step = None   # once: a skipped update is retried with the next batch
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
 

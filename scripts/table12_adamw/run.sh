@@ -19,7 +19,7 @@ for model in $MODELS; do
         for decay in $DECAYS; do
             for method in uniform awd adadecay alphadecay; do
                 ad_has_method "$method" || continue
-                ad_run "$TABLE" "$model" adamw "$method" "$decay" "$seed" 500 0.6666 5
+                ad_run "$TABLE" "$model" adamw "$method" "$decay" "$seed" "$EVERY" 0.6666 5
             done
         done
     done

@@ -30,7 +30,7 @@ for model in $MODELS; do
             read -r rmin rmax <<< "$(ratios "$decay")"
             for method in uniform awd adadecay alphadecay; do
                 ad_has_method "$method" || continue
-                ad_run "$TABLE" "$model" adam "$method" "$decay" "$seed" 500 "$rmin" "$rmax"
+                ad_run "$TABLE" "$model" adam "$method" "$decay" "$seed" "$EVERY" "$rmin" "$rmax"
             done
         done
     done

@@ -19,7 +19,7 @@ for model in $MODELS; do
         for decay in $DECAYS; do
             for method in uniform awd adadecay alphadecay; do
                 ad_has_method "$method" || continue
-                ad_run "$TABLE" "$model" "$OPTIMIZER" "$method" "$decay" "$seed" 500 0.6666 3
+                ad_run "$TABLE" "$model" "$OPTIMIZER" "$method" "$decay" "$seed" "$EVERY" 0.6666 3
             done
         done
     done

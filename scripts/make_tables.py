@@ -1,0 +1,597 @@
+#!/usr/bin/env python
+"""Tables of final validation perplexity, in the paper's layout, from training logs.
+
+    python scripts/make_tables.py runs/table2_adam                    # Markdown on stdout
+    python scripts/make_tables.py runs/ --table 11 --csv table11.csv  # one table, plus a CSV file
+
+Every ``metrics.jsonl`` under the given folders is one run. A run's cell is
+(table, model, optimizer, decay, method[, unbalancedWD_every]); a cell shows the mean and sample
+standard deviation (ddof=1) over seeds of the final ``eval_ppl`` of its finished runs, with the
+number of runs ``n``, and the paper's value beside it (from tables.json; ``--paper`` to point
+elsewhere; the tool works without it). Nothing is typed in: every number of ours comes from a log.
+
+Runs without a final record (unfinished, preempted, crashed) and runs with a non-finite loss or
+evaluation (diverged) are listed under the table they belong to and never averaged.
+
+Which table a run belongs to:
+  * LLaMA + adam  -> Table 2,  LLaMA + adamw -> Table 12, any other model (GPT-nano) -> Table 5:
+    rows WD=0, Uniform, AWD, AdaDecay, AlphaDecay; columns: decay values per model. The AlphaDecay
+    row holds the runs re-assigned every ``--main-every`` updates (500, the paper's default).
+  * Table 11 (re-assignment interval): rows Uniform and GAP=<unbalancedWD_every> for each interval
+    found in AlphaDecay runs. ``--table auto`` prints it when AlphaDecay runs with an interval other
+    than ``--main-every`` exist.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+
+DEFAULT_PAPER = os.environ.get("ALPHADECAY_PAPER_TABLES", "/work/shared/paper/tables.json")
+OPT_LABEL = {"adam": "Adam", "adamw": "AdamW"}
+METHODS = ["WD=0", "Uniform", "AWD", "AdaDecay", "AlphaDecay"]
+STRATEGY_LABEL = {"none": "WD=0", "uniform": "Uniform", "awd": "AWD", "adadecay": "AdaDecay",
+                  "alphadecay": "AlphaDecay"}
+# Settings that must agree between the runs averaged in one cell (a warning names any that do not).
+RECIPE_KEYS = ["num_training_steps", "lr", "total_batch_size", "max_length", "warmup_steps", "scheduler",
+               "min_lr_ratio", "target_eval_tokens", "dtype", "packing", "dataset_path", "eval_dataset_path",
+               "grad_clipping"]
+MODULEWISE_KEYS = ["wd_min_ratio", "wd_max_ratio", "esd_metric_for_tb", "assign_func", "pl_fitting"]
+
+
+def finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading runs
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    path: str                      # folder holding metrics.jsonl
+    config: dict
+    model_info: dict
+    final: dict | None
+    status: str                    # finished | unfinished | diverged | unreadable
+    reason: str = ""
+    last_step: int = 0
+    train_seconds: float = 0.0     # sum of per-update wall time found in train records
+    world_size: int = 1
+    key: tuple | None = None       # (model_stem, optimizer, decay, method, every)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def ppl(self) -> float | None:
+        if self.final is None:
+            return None
+        v = self.final.get("eval_ppl")
+        if not finite(v) and finite(self.final.get("eval_loss")):
+            v = math.exp(min(self.final["eval_loss"], 700))
+        return v if finite(v) else None
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name") or os.path.basename(self.path)
+
+
+def read_run(metrics_file: str) -> Run:
+    folder = os.path.dirname(os.path.abspath(metrics_file))
+    config, model_info, final = None, {}, None
+    train, evals = {}, {}
+    bad_lines = 0
+    with open(metrics_file, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)   # accepts NaN / Infinity tokens too
+            except ValueError:
+                bad_lines += 1           # e.g. a line cut by a kill
+                continue
+            if not isinstance(rec, dict):
+                bad_lines += 1
+                continue
+            kind = rec.get("type")
+            if kind == "config":
+                config = rec.get("config") or {}
+                model_info = rec.get("model") or model_info
+            elif kind == "train":
+                train[rec.get("step")] = rec          # the last record of a step wins (resumed runs)
+            elif kind == "eval":
+                evals[rec.get("step")] = rec
+            elif kind == "final":
+                final = rec
+    if config is None:
+        return Run(folder, {}, {}, None, "unreadable", "no config record in metrics.jsonl")
+    run = Run(folder, config, model_info, final, "finished")
+    if bad_lines:
+        run.warnings.append(f"{bad_lines} unreadable line(s) skipped")
+    steps = [s for s in train if isinstance(s, int)]
+    run.last_step = max(steps) if steps else 0
+    bs, accum, total = config.get("batch_size"), config.get("gradient_accumulation"), config.get("total_batch_size")
+    if all(isinstance(v, int) and v > 0 for v in (bs, accum, total)) and total % (bs * accum) == 0:
+        run.world_size = total // (bs * accum)
+    prev_tokens = 0
+    for s in sorted(steps):
+        r = train[s]
+        tok, thr = r.get("tokens_seen"), r.get("throughput_tokens")
+        if finite(tok) and finite(thr) and thr > 0:
+            run.train_seconds += max(0.0, tok - prev_tokens) / thr
+        if finite(tok):
+            prev_tokens = tok
+
+    bad_train = [s for s in sorted(steps) if "loss" in train[s] and not finite(train[s]["loss"])]
+    bad_eval = [s for s, r in sorted(evals.items(), key=lambda x: (x[0] is None, x[0]))
+                if not (finite(r.get("eval_loss")) and finite(r.get("eval_ppl")))]
+    if bad_train:
+        run.status, run.reason = "diverged", f"non-finite training loss at update {bad_train[0]}"
+    elif bad_eval:
+        run.status, run.reason = "diverged", f"non-finite evaluation at update {bad_eval[0]}"
+    elif final is not None and (run.ppl is None or not finite(final.get("eval_loss", 0.0))):
+        run.status, run.reason = "diverged", "non-finite final evaluation"
+    elif final is None:
+        run.status = "unfinished"
+        target = config.get("num_training_steps")
+        run.reason = f"no final record (last logged update {run.last_step} of {target})"
+        failed = os.path.join(folder, "FAILED")
+        if os.path.isfile(failed):
+            with open(failed, errors="replace") as f:
+                note = f.read().strip().splitlines()
+            if note:
+                run.reason += f"; FAILED: {note[0][:200]}"
+            if note and "non-finite" in note[0]:
+                run.status = "diverged"
+    run.key = run_key(run)
+    return run
+
+
+def find_runs(folders: list[str]) -> list[Run]:
+    seen, runs = set(), []
+    for folder in folders:
+        if os.path.isfile(folder) and folder.endswith(".jsonl"):
+            files = [folder]
+        else:
+            files = []
+            for root, dirs, names in os.walk(folder):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not re.match(r"model_\d+$", d)
+                                 and d != "wandb")
+                if "metrics.jsonl" in names:
+                    files.append(os.path.join(root, "metrics.jsonl"))
+        for file in sorted(files):
+            real = os.path.realpath(file)
+            if real in seen:
+                continue
+            seen.add(real)
+            runs.append(read_run(file))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------------------
+def method_of(cfg: dict) -> str:
+    strategy = cfg.get("strategy")
+    wd = cfg.get("weight_decay", 0.0) or 0.0
+    if strategy is None:   # logs of an older version: derive as torchrun_main.py does
+        if cfg.get("use_AWD_NeurIPS2023"):
+            strategy = "awd"
+        elif cfg.get("use_modulewise_wd"):
+            strategy = "adadecay" if cfg.get("esd_metric_for_tb") == "gradnorm" else "alphadecay"
+        else:
+            strategy = "uniform"
+    if strategy in ("none", "uniform") and wd == 0:
+        return "WD=0"
+    return STRATEGY_LABEL.get(strategy, strategy)
+
+
+def model_stem(cfg: dict) -> str:
+    return os.path.splitext(os.path.basename(str(cfg.get("model_config", "unknown"))))[0]
+
+
+def model_label(stem: str) -> str:
+    m = re.fullmatch(r"llama_(\d+(?:\.\d+)?)([mbk])", stem, re.I)
+    if m:
+        return f"LLaMa-{m.group(1)}{m.group(2).upper()}"
+    if stem.lower().startswith("llama_"):
+        return "LLaMa-" + stem[6:]
+    if stem.lower() == "gpt_nano":
+        return "GPT-nano"
+    return stem
+
+
+def paper_model_key(stem: str) -> str:
+    label = model_label(stem)
+    return "LLaMa-135M" if label == "LLaMa-130M" else label   # the paper calls the 130M config 135M
+
+
+def is_llama(run: Run) -> bool:
+    mt = str(run.model_info.get("model_type", "")).lower()
+    return mt == "llama" if mt else model_stem(run.config).lower().startswith("llama")
+
+
+def fmt_decay(d: float) -> str:
+    if d == 0:
+        return "0"
+    s = f"{d:g}"
+    return re.sub(r"e([-+])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), s)
+
+
+def run_key(run: Run):
+    cfg = run.config
+    method = method_of(cfg)
+    decay = 0.0 if method == "WD=0" else float(cfg.get("weight_decay") or 0.0)
+    every = int(cfg.get("unbalancedWD_every", 500)) if method == "AlphaDecay" else None
+    return (model_stem(cfg), str(cfg.get("optimizer", "adam")).lower(), decay, method, every)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paper values
+# ---------------------------------------------------------------------------------------------------
+def load_paper(path: str | None):
+    if not path:
+        return None, "paper values: not requested"
+    try:
+        with open(path) as f:
+            return json.load(f), f"paper values: {path}"
+    except (OSError, ValueError) as e:
+        return None, f"paper values: not available ({path}: {e.__class__.__name__})"
+
+
+def _by_decay(block: dict, decay: float):
+    for k, v in block.items():
+        try:
+            if math.isclose(float(k), decay, rel_tol=1e-6):
+                return v
+        except ValueError:
+            continue
+    return None
+
+
+def paper_value(paper, table: str, stem: str, decay: float, row: str):
+    """The paper's number for one cell, or None."""
+    if not paper:
+        return None
+    try:
+        if table in ("2", "12"):
+            block = paper["table2_adam_c4_ppl" if table == "2" else "table12_adamw_c4_ppl"][paper_model_key(stem)]
+            if row == "WD=0":
+                return block.get("WD=0")
+            d = _by_decay(block, decay)
+            return d.get(row) if isinstance(d, dict) else None
+        if table == "11":
+            d = _by_decay(paper["table11_update_interval_ppl"][paper_model_key(stem)], decay)
+            return d.get(row) if isinstance(d, dict) else None
+        if table == "5":
+            if model_label(stem) != "GPT-nano":
+                return None
+            for k, v in paper["table5_other_architectures"].items():
+                if k.startswith("GPT-nano"):
+                    return v.get(row)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    runs: list            # finished runs averaged here
+    excluded: list        # unfinished / diverged runs of this cell
+
+    @property
+    def values(self):
+        return [r.ppl for r in self.runs]
+
+    @property
+    def n(self):
+        return len(self.runs)
+
+    @property
+    def mean(self):
+        return statistics.fmean(self.values) if self.runs else None
+
+    @property
+    def std(self):
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+
+@dataclass
+class Table:
+    tid: str               # "2", "12", "11", "5"
+    optimizer: str
+    title: str
+    rows: list             # row labels
+    columns: list          # (stem, decay)
+    cells: dict            # (row, stem, decay) -> Cell
+    notes: list
+    row_of: dict           # row label -> (method, every)
+
+
+def table_id(run: Run) -> str:
+    opt = run.key[1]
+    if not is_llama(run):
+        return "5"
+    return "2" if opt == "adam" else ("12" if opt == "adamw" else f"methods-{opt}")
+
+
+def build_tables(runs: list[Run], which: str, main_every: int) -> list[Table]:
+    usable = [r for r in runs if r.key is not None]
+    groups: dict[tuple, list[Run]] = {}
+    for r in usable:
+        groups.setdefault((table_id(r), r.key[1]), []).append(r)
+    tables = []
+    for (tid, opt), members in sorted(groups.items(), key=lambda kv: _tid_order(kv[0][0])):
+        if which in ("auto", tid) or (which == "all"):
+            t = _methods_table(tid, opt, members, main_every)
+            if t.cells:
+                tables.append(t)
+        intervals = sorted({r.key[4] for r in members if r.key[3] == "AlphaDecay"}, reverse=True)
+        want11 = which in ("11", "all") or (which == "auto" and any(e != main_every for e in intervals))
+        if want11 and intervals:
+            tables.append(_interval_table(tid, opt, members, intervals))
+    return tables
+
+
+def _tid_order(tid: str):
+    return {"2": 0, "12": 1, "5": 3}.get(tid, 2), tid
+
+
+def _columns(members: list[Run]):
+    size = {}
+    for r in members:
+        size[r.key[0]] = r.model_info.get("params") or size.get(r.key[0]) or 0
+    stems = sorted(size, key=lambda s: (size[s], s))
+    decays = {s: sorted({r.key[2] for r in members if r.key[0] == s and r.key[3] != "WD=0"}, reverse=True)
+              for s in stems}
+    cols = []
+    for s in stems:
+        for d in decays[s] or [0.0]:
+            cols.append((s, d))
+    return cols
+
+
+def _fill(rows_spec: dict, members: list[Run], cols):
+    """rows_spec: label -> predicate(run). WD=0 runs fill every column of their model."""
+    cells = {}
+    for label, pred in rows_spec.items():
+        for stem, decay in cols:
+            chosen = [r for r in members if r.key[0] == stem and pred(r)
+                      and (r.key[3] == "WD=0" or math.isclose(r.key[2], decay, rel_tol=1e-9))]
+            if not chosen:
+                continue
+            done = sorted((r for r in chosen if r.status == "finished"), key=lambda r: (r.config.get("seed", 0), r.path))
+            other = [r for r in chosen if r.status != "finished"]
+            cells[(label, stem, decay)] = Cell(done, other)
+    return cells
+
+
+def _cell_notes(cells: dict) -> list[str]:
+    notes = []
+    for (label, stem, decay), cell in cells.items():
+        seeds = [r.config.get("seed") for r in cell.runs]
+        dup = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+        where = f"{model_label(stem)} {label}" + ("" if label == "WD=0" else f" wd={fmt_decay(decay)}")
+        if dup:
+            note = f"{where}: seed(s) {', '.join(map(str, dup))} appear in more than one run (all averaged)"
+            if note not in notes:
+                notes.append(note)
+        keys = RECIPE_KEYS + (MODULEWISE_KEYS if label not in ("WD=0", "Uniform", "AWD") else [])
+        differ = [k for k in keys if len({json.dumps(r.config.get(k)) for r in cell.runs}) > 1]
+        if differ:
+            note = f"{where}: averaged runs differ in {', '.join(differ)}"
+            if note not in notes:
+                notes.append(note)
+    return notes
+
+
+def _methods_table(tid: str, opt: str, members: list[Run], main_every: int) -> Table:
+    main = [r for r in members if not (r.key[3] == "AlphaDecay" and r.key[4] != main_every)]
+    cols = _columns(main)
+    spec = {m: (lambda r, m=m: r.key[3] == m) for m in METHODS}
+    spec_extra = sorted({r.key[3] for r in main} - set(METHODS))
+    for m in spec_extra:
+        spec[m] = lambda r, m=m: r.key[3] == m
+    cells = _fill(spec, main, cols)
+    name = {"2": "Table 2", "12": "Table 12", "5": "Table 5"}.get(tid, "Methods table")
+    what = {"2": "LLaMA, Adam (coupled L2 decay)", "12": "LLaMA, AdamW (decoupled decay)",
+            "5": f"other architectures, {opt}"}.get(tid, opt)
+    title = f"{name} ({what}): final validation perplexity on C4"
+    notes = _cell_notes(cells)
+    if any(r.key[3] == "AlphaDecay" and r.key[4] != main_every for r in members):
+        notes.append(f"AlphaDecay row: runs re-assigned every {main_every} updates; other intervals are in Table 11")
+    return Table(tid, opt, title, list(METHODS) + spec_extra, cols, cells, notes,
+                 {m: (m, None) for m in list(METHODS) + spec_extra})
+
+
+def _interval_table(tid: str, opt: str, members: list[Run], intervals: list[int]) -> Table:
+    sub = [r for r in members if r.key[3] in ("Uniform", "AlphaDecay")]
+    cols = _columns(sub)
+    spec = {"Uniform": lambda r: r.key[3] == "Uniform"}
+    for e in intervals:
+        spec[f"GAP={e}"] = lambda r, e=e: r.key[3] == "AlphaDecay" and r.key[4] == e
+    cells = _fill(spec, sub, cols)
+    family = "LLaMA" if tid in ("2", "12") else "other architectures"
+    title = (f"Table 11 (AlphaDecay re-assignment interval, {family}, {OPT_LABEL.get(opt, opt)}): "
+             "final validation perplexity on C4")
+    t = Table("11", opt, title, list(spec), cols, cells, _cell_notes(cells),
+              {"Uniform": ("Uniform", None), **{f"GAP={e}": ("AlphaDecay", e) for e in intervals}})
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------------
+def fmt_num(x, digits):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_cell(cell: Cell | None, paper, digits: int) -> str:
+    if cell is None or cell.n == 0:
+        ours = "—"
+        if cell is not None and cell.excluded:
+            ours = f"— ({len(cell.excluded)} not finished)"
+    elif cell.n == 1:
+        ours = f"{cell.mean:.{digits}f} (n=1)"
+    else:
+        ours = f"{cell.mean:.{digits}f} ± {cell.std:.{digits}f} (n={cell.n})"
+    if cell is not None and cell.n and cell.excluded:
+        ours += f" +{len(cell.excluded)} excl."
+    return f"{ours} [paper {paper:g}]" if paper is not None else ours
+
+
+def table_paper(paper, t: Table, row: str, stem: str, decay: float):
+    tid = t.tid if t.tid != "11" else ("11" if t.optimizer == "adam" else None)
+    if tid in ("2", "12") and t.optimizer != ("adam" if tid == "2" else "adamw"):
+        return None
+    return paper_value(paper, tid, stem, decay, row) if tid else None
+
+
+def render_markdown(t: Table, paper, digits: int) -> str:
+    head = ["Method" if t.tid != "11" else "Setting"]
+    for stem, decay in t.columns:
+        head.append(f"{model_label(stem)} · wd={fmt_decay(decay)}" if decay else f"{model_label(stem)}")
+    lines = [f"### {t.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in t.rows:
+        cells = [row]
+        for stem, decay in t.columns:
+            cells.append(fmt_cell(t.cells.get((row, stem, decay)), table_paper(paper, t, row, stem, decay), digits))
+        if all(c == "—" for c in cells[1:]) and row not in METHODS:
+            continue
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    legend = ("Cells: mean ± sample std (ddof=1) of the final validation perplexity over seeds, n = finished runs; "
+              "[paper x] = the paper's value; +k excl. = runs of the cell listed below as unfinished or diverged.")
+    if t.tid != "11":
+        legend += " WD=0 does not depend on the decay: the same runs fill every column of a model."
+    else:
+        legend += " GAP=k: AlphaDecay with --unbalancedWD_every k."
+    lines.append(legend)
+    if any(s == "llama_130m" for s, _ in t.columns):
+        lines.append("LLaMa-130M is configs/llama_130m.json, which the paper calls LLaMa-135M.")
+    if t.tid == "11":
+        hours = _interval_hours(t)
+        if hours:
+            lines.append("")
+            lines.append("Training time per run (device-hours: summed update wall time x processes, evaluation "
+                         "excluded; the paper's row is A100 hours):")
+            lines.append("")
+            stems = sorted({s for s, _ in t.columns}, key=lambda s: [c[0] for c in t.columns].index(s))
+            lines.append("| Setting | " + " | ".join(model_label(s) for s in stems) + " |")
+            lines.append("|" + "---|" * (len(stems) + 1))
+            for row in t.rows:
+                vals = []
+                for s in stems:
+                    v = hours.get((row, s))
+                    p = None
+                    if paper and t.optimizer == "adam":
+                        try:
+                            p = paper["table11_update_interval_ppl"][paper_model_key(s)]["hours"].get(row)
+                        except (KeyError, TypeError, AttributeError):
+                            p = None
+                    txt = "—" if v is None else f"{v:.3g}"
+                    vals.append(f"{txt} [paper {p:g}]" if p is not None else txt)
+                lines.append(f"| {row} | " + " | ".join(vals) + " |")
+    for note in t.notes:
+        lines.append(f"- note: {note}")
+    excluded = [r for c in t.cells.values() for r in c.excluded]
+    excluded = sorted({id(r): r for r in excluded}.values(), key=lambda r: r.path)
+    if excluded:
+        lines.append("")
+        lines.append("Not averaged (unfinished or diverged):")
+        lines.append("")
+        for r in excluded:
+            lines.append(f"- {r.status}: {r.name} ({r.path}): {r.reason}")
+    return "\n".join(lines)
+
+
+def _interval_hours(t: Table) -> dict:
+    out = {}
+    for (row, stem, decay), cell in t.cells.items():
+        out.setdefault((row, stem), []).extend(r.train_seconds * r.world_size / 3600 for r in cell.runs
+                                               if r.train_seconds > 0)
+    return {k: statistics.fmean(v) for k, v in out.items() if v}
+
+
+CSV_FIELDS = ["table", "optimizer", "model", "model_label", "decay", "method", "unbalancedWD_every", "n",
+              "mean_ppl", "std_ppl", "paper_ppl", "seeds", "excluded", "runs"]
+
+
+def csv_rows(t: Table, paper):
+    for row in t.rows:
+        method, every = t.row_of.get(row, (row, None))
+        for stem, decay in t.columns:
+            cell = t.cells.get((row, stem, decay))
+            if cell is None:
+                continue
+            yield {"table": t.tid, "optimizer": t.optimizer, "model": stem, "model_label": model_label(stem),
+                   "decay": fmt_decay(decay), "method": method, "unbalancedWD_every": "" if every is None else every,
+                   "n": cell.n, "mean_ppl": "" if cell.mean is None else repr(cell.mean),
+                   "std_ppl": "" if cell.std is None else repr(cell.std),
+                   "paper_ppl": "" if table_paper(paper, t, row, stem, decay) is None
+                   else table_paper(paper, t, row, stem, decay),
+                   "seeds": " ".join(str(r.config.get("seed")) for r in cell.runs),
+                   "excluded": len(cell.excluded),
+                   "runs": ";".join(r.path for r in cell.runs)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+", help="folders searched recursively for metrics.jsonl (or .jsonl files)")
+    p.add_argument("--table", default="auto", choices=["auto", "all", "2", "12", "11", "5"],
+                   help="which table(s) to print (default auto: every table that has runs)")
+    p.add_argument("--paper", default=DEFAULT_PAPER, help="the paper's tables.json ('' for none)")
+    p.add_argument("--csv", default=None, help="also write the cells to this CSV file")
+    p.add_argument("--digits", type=int, default=2, help="decimals of the perplexities")
+    p.add_argument("--main-every", type=int, default=500,
+                   help="unbalancedWD_every of the AlphaDecay row in Tables 2/12/5 (the paper's 500)")
+    args = p.parse_args(argv)
+
+    missing = [f for f in args.folders if not os.path.exists(f)]
+    if missing:
+        print(f"error: no such folder: {missing[0]}", file=sys.stderr)
+        return 2
+    runs = find_runs(args.folders)
+    paper, paper_note = load_paper(args.paper)
+    if not runs:
+        print(f"no metrics.jsonl found under {', '.join(args.folders)}", file=sys.stderr)
+        return 1
+    tables = build_tables(runs, args.table, args.main_every)
+    out = []
+    for t in tables:
+        out.append(render_markdown(t, paper, args.digits))
+    unreadable = [r for r in runs if r.key is None]
+    if unreadable:
+        out.append("Unreadable runs (not in any table):\n\n" + "\n".join(f"- {r.path}: {r.reason}" for r in unreadable))
+    n_fin = sum(r.status == "finished" for r in runs)
+    out.append(f"{len(runs)} run(s) read: {n_fin} finished, "
+               f"{sum(r.status == 'unfinished' for r in runs)} unfinished, "
+               f"{sum(r.status == 'diverged' for r in runs)} diverged. {paper_note}.")
+    if not tables:
+        out.insert(0, f"no runs for --table {args.table}")
+    print("\n\n".join(out))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            for t in tables:
+                for row in csv_rows(t, paper):
+                    w.writerow(row)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BrokenPipeError:          # e.g. piped into head
+        sys.stderr.close()
+        sys.exit(0)

@@ -1,0 +1,163 @@
+"""Preemption, atomic checkpoints, non-finite values, safe loading, logging failures, rank agreement."""
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alphadecay.training import checkpoint
+from conftest import DATA_DIR, REPO
+from trainutil import data_flags, records, run_cli, run_main, tiny_run_flags
+
+pytestmark = pytest.mark.usefixtures("c4_dir", "t5_dir")
+
+
+def popen(argv, env=None):
+    return subprocess.Popen([sys.executable, str(REPO / "torchrun_main.py"), *argv], cwd=REPO,
+                            env={**os.environ, "WANDB_MODE": "disabled", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(save_dir, step, proc, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        path = save_dir / "metrics.jsonl"
+        if path.exists() and any(r["step"] >= step for r in records(save_dir, "train")):
+            return
+        time.sleep(0.2)
+    raise AssertionError("run did not reach the step in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_the_update_checkpoints_and_resumes(tmp_path, sig):
+    argv = tiny_run_flags(tmp_path, steps=12, strategy="alphadecay", unbalancedWD_every=5) + data_flags(DATA_DIR)
+    proc = popen(argv)
+    wait_for_step(tmp_path, 3, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    last = max(r["step"] for r in records(tmp_path, "train"))
+    assert f"--continue_from {tmp_path / f'model_{last}'}" in err and "--continue_from latest" in err
+    assert checkpoint.resolve("latest", str(tmp_path)) == str(tmp_path / f"model_{last}")
+    assert not records(tmp_path, "final")
+    assert run_main(argv + ["--continue_from", "latest"]) == 0
+    steps = [r["step"] for r in records(tmp_path, "train")]
+    assert steps == list(range(1, 13))                       # nothing replayed, nothing skipped
+    assert records(tmp_path, "final")
+
+
+def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
+    # llama_20m writes ~80 MB per checkpoint: with a save after every update most of the time is saving.
+    argv = tiny_run_flags(tmp_path, steps=200, save_every=1, model_config=REPO / "configs" / "llama_20m.json",
+                          keep_last_checkpoints=2) + data_flags(DATA_DIR)
+    rng = random.Random(0)
+    for attempt in range(3):
+        proc = popen(argv + (["--continue_from", "latest"] if attempt else []))
+        wait_for_step(tmp_path, 1 + attempt, proc)
+        time.sleep(rng.uniform(0.1, 1.5))
+        proc.kill()
+        proc.wait()
+        complete = checkpoint.list_checkpoints(str(tmp_path))
+        assert complete, "no complete checkpoint survived"
+        named = [d for d in os.listdir(tmp_path) if d.startswith("model_")]
+        assert len(named) == len(complete) <= 3          # every visible model_* folder is complete
+        for _, path in complete:
+            state = torch.load(os.path.join(path, "training_state.pt"), weights_only=True)
+            from safetensors.torch import load_file
+            assert load_file(os.path.join(path, "model.safetensors"))
+            assert state["update_step"] == int(path.rsplit("_", 1)[1])
+    proc = run_cli(argv[:argv.index("--num_training_steps") + 1] + ["8"] + argv[argv.index("--num_training_steps") + 2:]
+                   + ["--continue_from", "latest"], check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_keep_last_k(tmp_path):
+    assert run_main(tiny_run_flags(tmp_path, steps=5, save_every=1, keep_last_checkpoints=2)
+                    + data_flags(DATA_DIR)) == 0
+    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [4, 5]
+
+
+def test_nan_on_one_rank_stops_all_ranks_without_a_poisoned_checkpoint(tmp_path):
+    argv = tiny_run_flags(tmp_path, steps=6, save_every=1) + data_flags(DATA_DIR)
+    proc = run_cli(argv, nproc=2, env={"ALPHADECAY_FAULT_NAN_STEP": "3:1"}, check=False)
+    assert proc.returncode != 0
+    assert "non-finite loss at update 3" in proc.stderr
+    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [1, 2]
+    assert not records(tmp_path, "final")
+
+
+def test_nan_skip_mode_skips_the_update(tmp_path):
+    argv = tiny_run_flags(tmp_path, steps=5, on_nonfinite="skip") + data_flags(DATA_DIR)
+    os.environ["ALPHADECAY_FAULT_NAN_STEP"] = "3"
+    try:
+        assert run_main(argv) == 0
+    finally:
+        del os.environ["ALPHADECAY_FAULT_NAN_STEP"]
+    final = records(tmp_path, "final")[0]
+    assert final["skipped_updates"] == 1 and final["step"] == 5
+    assert all(r["loss"] is not None for r in records(tmp_path, "train"))
+    w = checkpoint.load_file(str(tmp_path / "model_5" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in w.values())
+
+
+def test_training_state_is_safe_to_load(tmp_path):
+    assert run_main(tiny_run_flags(tmp_path, steps=2) + data_flags(DATA_DIR)) == 0
+    ckpt = tmp_path / "model_2"
+    state = torch.load(ckpt / "training_state.pt", weights_only=True)     # no pickle code needed
+    assert state["update_step"] == 2 and "optimizer" in state and "strategy" in state
+    assert not list(ckpt.glob("*.bin"))                                   # weights are safetensors only
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    with open(ckpt / "training_state.pt", "wb") as f:
+        pickle.dump(Evil(), f)
+    with pytest.raises(Exception, match="cannot be loaded safely"):
+        checkpoint.load_state(str(ckpt), 0, 1)
+    assert not marker.exists()
+
+
+def test_wandb_failures_warn_once_and_never_stop_training(tmp_path, monkeypatch):
+    import wandb
+
+    class BrokenRun:
+        id = "x"
+
+        def log(self, *a, **k):
+            raise ConnectionError("upload failed")
+
+        def finish(self):
+            raise ConnectionError("upload failed")
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: BrokenRun())
+    argv = [a for a in tiny_run_flags(tmp_path, steps=3) if a != "--no_wandb"] + data_flags(DATA_DIR)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.warns(UserWarning, match="wandb disabled") as caught:
+        assert run_main(argv) == 0
+    assert len([w for w in caught if "wandb" in str(w.message)]) == 1
+    assert records(tmp_path, "final")
+
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no network")))
+    with pytest.warns(UserWarning, match="no network"):
+        assert run_main(argv[:argv.index("--save_dir") + 1] + [str(tmp_path / "b")]
+                        + argv[argv.index("--save_dir") + 2:]) == 0
+    assert records(tmp_path / "b", "final")
+
+
+def test_two_ranks_hold_identical_weights_and_decays(tmp_path):
+    argv = tiny_run_flags(tmp_path, steps=6, strategy="alphadecay", unbalancedWD_every=2) + data_flags(DATA_DIR)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(REPO / "tests" / "dist" / "rank_state.py"), str(tmp_path), *argv], cwd=REPO, check=True,
+                   env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                   timeout=600)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["weights"] == r1["weights"]
+    assert r0["decays"] == r1["decays"]
+    assert len(set(r0["decays"].values())) > 2
