@@ -42,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="torchrun_main.py",
+        allow_abbrev=False,  # a typo like --use_modulewise must fail, not silently mean --use_modulewise_wd
         description="Pretrain LLaMA on C4 with module-wise weight decay (AlphaDecay) or a baseline. "
                     "Runs under torchrun --nproc_per_node=N or as plain python on one CPU/GPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

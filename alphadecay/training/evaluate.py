@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from .data import eval_batches
+from .model import vocab_guard
 
 
 @torch.no_grad()
@@ -19,11 +20,12 @@ def evaluate(model: torch.nn.Module, tokenizer, args, rt) -> dict:
     """
     was_training = model.training
     model.eval()
+    guard = vocab_guard(model, tokenizer)
     sums = torch.zeros(2, dtype=torch.float64, device=rt.device)   # summed loss, predicted tokens
     for batch in eval_batches(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
                               max_length=args.max_length, target_eval_tokens=args.target_eval_tokens,
                               rank=rt.rank, world_size=rt.world_size):
-        input_ids = batch["input_ids"].to(rt.device, non_blocking=True)
+        input_ids = guard(batch["input_ids"]).to(rt.device, non_blocking=True)
         mask = batch["attention_mask"].to(rt.device, non_blocking=True)
         labels = input_ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss

@@ -30,7 +30,7 @@ from .errors import ConfigError
 from .evaluate import evaluate
 from .flops import mfu, training_flops_per_token
 from .logger import RunLogger, progress_bar
-from .model import build_model, count_params
+from .model import build_model, count_params, vocab_guard
 from .optim import build_optimizer, build_scheduler, strategy_from_args
 from .runtime import StopSignal, setup, teardown, world_size_from_env
 
@@ -95,6 +95,7 @@ def train(args) -> dict:
     elif args.strategy in ("uniform", "none", "awd"):
         strategy.initial_assignment()   # per-module alphas at the start, for the record
 
+    guard_vocab = vocab_guard(model, tokenizer)
     sizes = count_params(model)
     flops_per_token = training_flops_per_token(model.config, sizes["non_embedding_params"], args.max_length)
     run_config = {"args": vars(args), "model": {**sizes, **model.config.to_dict()}, "start_step": update_step}
@@ -123,6 +124,7 @@ def train(args) -> dict:
         return checkpoint.save(args.save_dir, update_step, model=model, tokenizer=tokenizer, training_state=state,
                                rank=rt.rank, world_size=rt.world_size, keep_last=args.keep_last_checkpoints)
 
+    started = time.time()
     try:
         while update_step < args.num_training_steps:
             t0 = time.perf_counter()
@@ -139,7 +141,7 @@ def train(args) -> dict:
                                       f"{args.num_training_steps}; give more data or fewer --num_training_steps") from None
                 mask_cpu = batch["attention_mask"]
                 local_tokens += int(mask_cpu.sum())       # counted on the host copy: no device sync
-                input_ids = batch["input_ids"].to(rt.device, non_blocking=True)
+                input_ids = guard_vocab(batch["input_ids"]).to(rt.device, non_blocking=True)
                 mask = mask_cpu.to(rt.device, non_blocking=True)
                 labels = input_ids.masked_fill(mask == 0, -100)
                 sync = contextlib.nullcontext() if (micro == accum - 1 or not rt.distributed) else net.no_sync()
@@ -161,6 +163,8 @@ def train(args) -> dict:
             grad_norm = float(grad_norm)
             if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
                 if args.on_nonfinite == "stop":
+                    log.write({"type": "error", "step": update_step + 1, "error": "non-finite",
+                               "loss": mean_loss, "grad_norm": grad_norm})
                     raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(mean_loss) else 'gradient norm'} "
                                          f"at update {update_step + 1} (loss={mean_loss}, grad_norm={grad_norm}); "
                                          f"lower --lr, add --grad_clipping, or pass --on_nonfinite skip")
@@ -214,7 +218,8 @@ def train(args) -> dict:
         return {"update_step": update_step, "preempted": True, "checkpoint": path,
                 "model": model, "strategy": strategy}
     final = evaluate(model, tokenizer, args, rt)
-    log.write({"type": "final", "step": update_step, **final, "skipped_updates": skipped})
+    log.write({"type": "final", "step": update_step, **final, "skipped_updates": skipped,
+               "skipped_documents": loader.skipped_documents, "train_seconds": time.time() - started})
     if rt.is_main:
         print(f"finished {update_step} updates: eval loss {final['eval_loss']:.4f}, perplexity {final['eval_ppl']:.2f}; "
               f"checkpoint {path}", file=sys.stderr)

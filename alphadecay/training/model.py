@@ -27,3 +27,16 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return {"params": total, "non_embedding_params": total - embed}
+
+
+def vocab_guard(model: torch.nn.Module, tokenizer):
+    """Map token ids the model has no embedding row for to <unk>.
+
+    The T5 tokenizer has 32,100 ids (100 sentinel <extra_id_N>) while the paper's models have 32,000
+    rows: a document containing a sentinel string would index past the embedding.
+    """
+    vocab = model.config.vocab_size
+    unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+    if len(tokenizer) <= vocab:
+        return lambda ids: ids
+    return lambda ids: ids.masked_fill(ids >= vocab, unk)
