@@ -58,7 +58,7 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
     argv = tiny_run_flags(tmp_path, steps=200, save_every=1, model_config=REPO / "configs" / "llama_20m.json",
                           keep_last_checkpoints=2) + data_flags(DATA_DIR)
     rng = random.Random(0)
-    for attempt in range(3):
+    for attempt in range(2):
         proc = popen(argv + (["--continue_from", "latest"] if attempt else []))
         wait_for_step(tmp_path, 1 + attempt, proc)
         time.sleep(rng.uniform(0.1, 1.5))

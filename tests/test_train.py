@@ -13,8 +13,8 @@ WD = 1e-2
 
 @pytest.mark.parametrize("strategy", ["none", "uniform", "alphadecay", "awd", "adadecay"])
 def test_each_strategy_trains_and_logs(tmp_path, strategy):
-    steps = 30
-    argv = tiny_run_flags(tmp_path, steps=steps, eval_every=15, unbalancedWD_every=10, weight_decay=WD,
+    steps = 16
+    argv = tiny_run_flags(tmp_path, steps=steps, eval_every=8, unbalancedWD_every=5, weight_decay=WD,
                           strategy=strategy, alpha_positively_with_WD="") + data_flags(DATA_DIR)
     if strategy == "none":
         argv[argv.index("--weight_decay") + 1] = "0"
@@ -27,18 +27,18 @@ def test_each_strategy_trains_and_logs(tmp_path, strategy):
     for r in train:
         assert {"step", "loss", "lr", "tokens_seen", "throughput_tokens"} <= set(r)
     losses = [r["loss"] for r in train]
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0        # the loss falls
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.8        # the loss falls
     assert train[-1]["tokens_seen"] > train[0]["tokens_seen"] > 0
 
     evals = records(tmp_path, "eval")
-    assert [r["step"] for r in evals] == [15]
+    assert [r["step"] for r in evals] == [8]
     final = records(tmp_path, "final")[0]
     for r in evals + [final]:
         assert math.isclose(r["eval_ppl"], math.exp(r["eval_loss"]), rel_tol=1e-9) and r["eval_tokens"] >= 3000
     assert final["eval_loss"] < evals[0]["eval_loss"]
 
     decays = records(tmp_path, "decay")
-    expected_steps = [0, 10, 20] if strategy in ("alphadecay", "adadecay") else [0]
+    expected_steps = [0, 5, 10, 15] if strategy in ("alphadecay", "adadecay") else [0]
     assert [r["step"] for r in decays] == expected_steps
     first = decays[0]
     linears = [n for n in first["module_weight_decay"]]
