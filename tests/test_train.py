@@ -27,7 +27,7 @@ def test_each_strategy_trains_and_logs(tmp_path, strategy):
     for r in train:
         assert {"step", "loss", "lr", "tokens_seen", "throughput_tokens"} <= set(r)
     losses = [r["loss"] for r in train]
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.8        # the loss falls
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5        # the loss falls
     assert train[-1]["tokens_seen"] > train[0]["tokens_seen"] > 0
 
     evals = records(tmp_path, "eval")
