@@ -81,29 +81,46 @@ def _square_windows(weight: torch.Tensor) -> list[torch.Tensor]:
 def eigenvalues(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """Ascending eigenvalues of W^T W for each weight (float ``dtype``, on the weight's device).
 
-    A weight with NaN/Inf entries gets NaN eigenvalues instead of crashing the solver; tiny negative
-    eigenvalues from round-off are clamped to zero.
+    Weights are grouped by Gram size (min(out, in)) and solved a bounded chunk at a time, so peak
+    memory is one chunk of Gram matrices, not a copy of every weight. A weight with NaN/Inf entries
+    gets NaN eigenvalues instead of crashing the solver; tiny negative eigenvalues from round-off
+    are clamped to zero.
     """
     results: list[torch.Tensor | None] = [None] * len(weights)
-    by_gram = defaultdict(list)   # (device, gram size) -> [(index, gram)]
-    by_shape = defaultdict(list)
-    for idx, w in enumerate(weights):
-        by_shape[(w.device, tuple(w.shape))].append(idx)
-    for (device, shape), idxs in by_shape.items():
-        per_stack = max(1, _STACK_BYTES // (shape[0] * shape[1] * torch.finfo(dtype).bits // 8))
-        for s in range(0, len(idxs), per_stack):
-            chunk = idxs[s:s + per_stack]
-            stack = torch.stack([weights[i].detach().to(dtype) for i in chunk])
-            finite = torch.isfinite(stack).flatten(1).all(1)
-            stack = torch.where(finite[:, None, None], stack, torch.zeros((), dtype=dtype, device=device))
-            grams = _gram(stack)
-            for k, (i, ok) in enumerate(zip(chunk, finite.tolist())):
-                by_gram[(device, grams.shape[-1])].append((i, grams[k], ok))
-    for entries in by_gram.values():
-        eigs = _solve_eigvalsh(torch.stack([g for _, g, _ in entries])).clamp_min(0)
-        for k, (i, _, finite) in enumerate(entries):
-            results[i] = eigs[k] if finite else torch.full_like(eigs[k], math.nan)
+    by_gram = defaultdict(list)   # (device, gram size) -> indices, same-shaped weights kept together
+    for idx in sorted(range(len(weights)), key=lambda i: tuple(weights[i].shape)):
+        w = weights[idx]
+        by_gram[(w.device, min(w.shape))].append(idx)
+    bytes_per = torch.finfo(dtype).bits // 8
+    for (device, size), idxs in by_gram.items():
+        longest = max(max(weights[i].shape) for i in idxs)
+        per_chunk = max(2, _STACK_BYTES // (bytes_per * size * max(size, longest)))
+        for s in range(0, len(idxs), per_chunk):
+            chunk = idxs[s:s + per_chunk]
+            grams = torch.empty(len(chunk), size, size, dtype=dtype, device=device)
+            finite = []
+            for shape_pos in _same_shape_runs(chunk, weights):
+                stack = torch.stack([weights[chunk[p]].detach().to(dtype) for p in shape_pos])
+                ok = torch.isfinite(stack).flatten(1).all(1)
+                stack = torch.where(ok[:, None, None], stack, torch.zeros((), dtype=dtype, device=device))
+                grams[shape_pos[0]:shape_pos[-1] + 1] = _gram(stack)
+                finite += ok.tolist()
+            eigs = _solve_eigvalsh(grams).clamp_min(0)
+            del grams
+            for k, i in enumerate(chunk):
+                results[i] = eigs[k] if finite[k] else torch.full_like(eigs[k], math.nan)
     return results
+
+
+def _same_shape_runs(chunk: list[int], weights: list[torch.Tensor]) -> list[list[int]]:
+    """Positions in ``chunk`` grouped into consecutive runs of equal shape (chunk is sorted by shape)."""
+    runs: list[list[int]] = []
+    for pos, i in enumerate(chunk):
+        if runs and tuple(weights[chunk[runs[-1][0]]].shape) == tuple(weights[i].shape):
+            runs[-1].append(pos)
+        else:
+            runs.append([pos])
+    return runs
 
 
 def farms_eigenvalues(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:

@@ -1,43 +1,49 @@
 """Training throughput: our loop against the release's loop, and what AlphaDecay costs over Uniform.
 
     python bench/train_step.py                                   # llama_20m, 8 x 128 tokens, accumulation 2, CPU
-    python bench/train_step.py --updates 10 --repeat 3 --direct_intervals 1,10
+    python bench/train_step.py --updates 10 --direct_intervals 1,10
     python bench/train_step.py --model_config configs/llama_130m.json --batch_size 32 --max_length 256 --dtype bfloat16
     torchrun --standalone --nproc_per_node=2 bench/train_step.py  # DDP: all-reduce every micro-step vs no_sync
 
-Ours is the real thing: ``alphadecay.training.loop.train`` run in-process (Uniform, ``--eval_every 0``, one
-evaluation batch) on the local C4 sample. Its per-update ``throughput_tokens`` records in metrics.jsonl time one
-update from the top of the loop to the end of the optimizer and scheduler step: waiting for data, the
-micro-steps, clipping, the one host sync, the strategy's step. Start-up (model, tokenizer, workers, the initial
-ESD) and the final save and evaluation are outside those records, and the first ``--warmup`` updates are dropped
-(worker start, the shuffle buffer filling, the optimizer state being allocated).
+Sides. Each side is a process of its own, started together; after its first update (start-up, run by all at
+once) the sides take turns, one update at a time, in a fixed order (baseline, ours, AlphaDecay at each direct
+interval). Update k of every side is thus timed within seconds of update k of the others, which is what makes
+the comparison hold on a machine shared with other jobs; the ratios printed are medians over updates of the
+per-update ratios. The first ``--warmup`` updates are dropped (worker start, the shuffle buffer filling, the
+first two Adam steps allocating and first touching the optimizer state).
 
-The baseline is the release's loop written out here (``baseline_run``): documents tokenized one by one and
-stacked (``bench/common.py: ReleaseBatches``) in ``--workers`` DataLoader workers, labels cloned and pad
-positions set to -100, ``(input_ids != pad).sum().item()`` on every micro-step and ``loss.item()`` after the
-step, DDP without ``no_sync`` when run under torchrun, ``torch.optim.Adam`` with torch's defaults (on CPU that
-resolves to the per-tensor for-loop; on CUDA to foreach). Both use the same model config, initialisation,
-dtype, batch, accumulation, device and tokenizer, and the same vocabulary guard (ids the model has no row for
-are mapped to <unk>; the release had none, it is too cheap to matter). The two sides read the same files but in
-their own shuffled order, so their batches hold slightly different numbers of non-pad tokens: the figures
-report non-pad tokens per second (``tokens``) and also the time per update (``update_s``), which does not
-depend on padding.
+  ours      the real loop: ``alphadecay.training.loop.train`` (Uniform, ``--eval_every 0``, one evaluation
+            batch at the end) on the local C4 sample with ``--workers`` DataLoader workers. Per update it logs
+            ``throughput_tokens`` = non-pad tokens / seconds from the top of the update to the end of the
+            optimizer and scheduler step: waiting for data, the micro-steps, clipping, the one host sync, the
+            strategy's step. Those records are what is used; start-up and the final save and evaluation are
+            outside them. The loop's progress bar is replaced by the turn-taking hook (its ``update`` comes
+            after the timed part of every update), and on CUDA the hook waits for the GPU and adds that wait to
+            the update, since the loop's timer stops before the asynchronous optimizer step has finished.
+  baseline  the release's loop, written out in ``baseline_run``: documents tokenized one by one and stacked
+            (``bench/common.py: ReleaseBatches``) in ``--workers`` workers, labels cloned with pad set to
+            -100, ``(input_ids != pad).sum().item()`` every micro-step and ``loss.item()`` after the step, DDP
+            without ``no_sync`` under torchrun, ``torch.optim.Adam`` with torch's defaults (on CPU that
+            resolves to the per-tensor for-loop, on CUDA to foreach), no clipping (the release's default).
+Both use the same model config, initialisation, dtype, batch, accumulation, device and tokenizer, and the same
+vocabulary guard (ids the model has no row for map to <unk>; the release had none, it costs nothing). They read
+the same files in their own shuffled orders, so batches hold slightly different numbers of non-pad tokens:
+``tokens_per_s`` counts non-pad tokens, and ``update_s`` (seconds per update) is printed too.
 
-Runs alternate (baseline, ours, AlphaDecay at each direct interval) ``--repeat`` times so that background load
-hurts every side alike; each side keeps its best run (its lowest mean seconds per update).
+AlphaDecay overhead. At interval T the cost per update is one ESD pass (``strategy.reassign``, the call the loop
+makes) divided by T, plus what AlphaDecay's per-module parameter groups (about 30, against Uniform's one) cost
+the optimizer on every update. Both are timed on their own, interleaved, and reported as
+``(esd_s / T + groups_extra_s) / update_s`` with the Uniform side's median ``update_s``. For the intervals in
+``--direct_intervals`` that divide ``--updates`` (so that the window holds exactly one ESD pass per T updates)
+the real loop also runs with AlphaDecay as a side of its own: overhead = its total time / Uniform's total time
+over the same updates - 1. Interval 500 is only resolvable amortised: its cost is far below the noise.
 
-AlphaDecay overhead. At interval T the cost per update is one ESD pass (``strategy.reassign``, the exact call
-the loop makes) divided by T, plus what per-module parameter groups cost the optimizer on every update
-(AlphaDecay's ~30 groups against Uniform's one). Both are timed on their own, interleaved, and reported as
-``(esd_s / T + groups_extra_s) / update_s`` with Uniform's ``update_s`` from the runs above. For the intervals
-in ``--direct_intervals`` that fit inside ``--updates`` the real loop is also run with AlphaDecay and compared
-with the Uniform runs directly; that is only resolvable when the overhead exceeds the run-to-run noise, so
-interval 500 can only be reported amortised.
+Under torchrun every rank starts its own sides; side i uses port MASTER_PORT + 1 + i for its process group.
+On a GPU all sides stay resident at once: for large models pass ``--direct_intervals ''`` (two sides).
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -50,22 +56,22 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, Report, data_paths, machine, median, note, release_loader, timed  # noqa: E402
+from common import REPO, Report, data_paths, machine, median, note, release_loader, sync, timed  # noqa: E402
 
 from alphadecay.training.args import parse_args  # noqa: E402
 from alphadecay.training.data import load_tokenizer  # noqa: E402
 from alphadecay.training.model import build_model, vocab_guard  # noqa: E402
 from alphadecay.training.optim import build_optimizer, build_scheduler, strategy_from_args  # noqa: E402
-from alphadecay.training.runtime import setup, world_size_from_env  # noqa: E402
+from alphadecay.training.runtime import setup, teardown, world_size_from_env  # noqa: E402
 
 AMORTISED_INTERVALS = (500, 100, 10, 1)
 
 
-def loop_argv(args, paths, save_dir, strategy="uniform", interval=500, updates=None) -> list[str]:
+def loop_argv(args, paths, save_dir, strategy="uniform", interval=500) -> list[str]:
     """The training command line both sides are built from (ours runs it; the baseline borrows its settings)."""
     argv = ["--model_config", args.model_config, "--batch_size", str(args.batch_size),
             "--max_length", str(args.max_length), "--gradient_accumulation", str(args.accum),
-            "--num_training_steps", str(updates or args.warmup + args.updates), "--warmup_steps", "1",
+            "--num_training_steps", str(args.warmup + args.updates), "--warmup_steps", "1",
             "--lr", "1e-3", "--weight_decay", "1e-5", "--strategy", strategy, "--unbalancedWD_every", str(interval),
             "--eval_every", "0", "--target_eval_tokens", "1", "--save_every", str(10 ** 9), "--log_every", "1",
             "--workers", str(args.workers), "--save_dir", save_dir, "--dataset_path", paths["train"],
@@ -78,36 +84,63 @@ def loop_argv(args, paths, save_dir, strategy="uniform", interval=500, updates=N
     return argv
 
 
-def ours_run(args, paths, save_dir, strategy="uniform", interval=500) -> list[tuple[float, float]] | None:
-    """(non-pad tokens, seconds) of every update of one in-process ``train()`` run (rank 0; None elsewhere)."""
+class Baton:
+    """Called after every update: waits for the GPU, reports to the conductor, waits for the next turn."""
+
+    def __init__(self, conn, device):
+        self.conn, self.device, self.tails, self.count = conn, device, [], 0
+
+    def __call__(self):
+        self.tails.append(timed(lambda: None, self.device)[0] if self.device.type == "cuda" else 0.0)
+        self.count += 1
+        self.conn.send(self.count)
+        self.conn.recv()
+
+
+class _BatonBar:
+    """Stands in for the loop's progress bar, whose ``update`` is called once per update, after its timing."""
+
+    def __init__(self, baton):
+        self.baton = baton
+
+    def update(self, n=1):
+        self.baton()
+
+    def set_postfix(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+
+def ours_run(args, paths, save_dir, baton, strategy="uniform", interval=500) -> list[tuple[float, float]] | None:
+    """(non-pad tokens, seconds) of every update of one ``train()`` run (rank 0; None elsewhere)."""
     from alphadecay.training import loop
 
     argv = loop_argv(args, paths, save_dir, strategy, interval)
-    # train() destroys the process group when it ends, and a second init_process_group in the same torchrun
-    # job hangs: keep the bench's one group alive for all its runs.
-    with mock.patch.object(loop, "teardown", lambda: None):
-        result = loop.train(parse_args(argv, world_size=world_size_from_env()))
-    del result
-    gc.collect()
-    metrics = Path(save_dir) / "metrics.jsonl"
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return None  # rank 0 alone writes metrics.jsonl (and removes the folder)
+    with mock.patch.object(loop, "progress_bar", lambda *a, **k: _BatonBar(baton)):
+        loop.train(parse_args(argv, world_size=world_size_from_env()))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None  # rank 0 alone writes metrics.jsonl
     out, seen = [], 0
-    for line in metrics.read_text().splitlines():
+    for line in (Path(save_dir) / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["type"] == "train":
             tokens = rec["tokens_seen"] - seen
             seen = rec["tokens_seen"]
             out.append((tokens, tokens / rec["throughput_tokens"]))
     shutil.rmtree(save_dir, ignore_errors=True)
-    return out
+    return [(tokens, seconds + tail) for (tokens, seconds), tail in zip(out, baton.tails)]
 
 
-def baseline_run(args, paths, rt, dtype, tokenizer) -> list[tuple[float, float]]:
+def baseline_run(args, paths, baton) -> list[tuple[float, float]] | None:
     """The release's training loop (see the module docstring), (non-pad tokens, seconds) per update."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    rt = setup(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     settings = parse_args(loop_argv(args, paths, tempfile.gettempdir()), world_size=rt.world_size)
+    tokenizer = load_tokenizer(paths["tokenizer"], args.max_length)
     model = build_model(args.model_config, dtype=dtype, device=rt.device, seed=settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -135,9 +168,72 @@ def baseline_run(args, paths, rt, dtype, tokenizer) -> list[tuple[float, float]]
         optimizer.zero_grad()
         loss.item()  # the release logs the loss of every update: a host sync
         out.append((tokens_seen - before, time.perf_counter() - start))
-    del net, model, optimizer, batches
-    gc.collect()
-    return out
+        baton()
+    teardown()
+    return [(tokens, seconds + tail) for (tokens, seconds), tail in zip(out, baton.tails)] if rt.is_main else None
+
+
+def side_main(side: dict, args: argparse.Namespace, paths: dict, conn, result: str, env: dict) -> None:
+    """Entry point of one side's process: run it, write its per-update figures to ``result`` (rank 0)."""
+    sys.stdout = sys.stderr  # the conductor's stdout carries JSON lines only
+    os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)  # each side hosts its own store on its own port
+    os.environ.update(env)
+    baton = Baton(conn, torch.device(args.device))
+    if side["kind"] == "baseline":
+        out = baseline_run(args, paths, baton)
+    else:
+        out = ours_run(args, paths, side["save_dir"], baton, side["strategy"], side["interval"])
+    if out is not None:
+        Path(result).write_text(json.dumps(out))
+
+
+def _receive(proc, conn, name):
+    while not conn.poll(0.5):
+        if not proc.is_alive():
+            raise RuntimeError(f"the {name} side stopped (exit code {proc.exitcode}); its error is above")
+    return conn.recv()
+
+
+def run_sides(sides: list[dict], args, paths, scratch: Path) -> dict[str, list]:
+    """Run every side in its own process, one update at a time in turn; per-update figures by side name."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no forking of a process that holds OpenMP threads
+    port = int(os.environ.get("MASTER_PORT", "29500"))
+    procs = []
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, side in enumerate(sides):
+            side = {**side, "save_dir": str(scratch / side["name"])}
+            env = {"MASTER_PORT": str(port + 1 + i)} if world_size_from_env() > 1 else {}
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=side_main, args=(side, args, paths, child, str(scratch / f"{side['name']}.json"),
+                                                       env), daemon=False)
+            proc.start()
+            procs.append((proc, parent, side["name"]))
+        for proc, conn, name in procs:  # first update: start-up, all at once
+            _receive(proc, conn, name)
+        for _ in range(1, args.warmup + args.updates):
+            for proc, conn, name in procs:
+                conn.send("go")
+                _receive(proc, conn, name)
+        for proc, conn, name in procs:  # final save and evaluation: untimed, all at once
+            conn.send("go")
+        for proc, conn, name in procs:
+            proc.join()
+            if proc.exitcode != 0:
+                raise RuntimeError(f"the {name} side failed (exit code {proc.exitcode}); its error is above")
+    finally:
+        for proc, _, _ in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    results = {}
+    for side in sides:
+        path = scratch / f"{side['name']}.json"
+        if path.exists():
+            results[side["name"]] = [tuple(x) for x in json.loads(path.read_text())]
+    return results
 
 
 def adam_kind(optimizer: torch.optim.Optimizer) -> str:
@@ -155,8 +251,9 @@ def adam_kind(optimizer: torch.optim.Optimizer) -> str:
 
 def esd_and_group_costs(args, paths, rt, dtype, repeat: int) -> dict:
     """Seconds of one ESD reassignment, and of an optimizer step with AlphaDecay's groups beyond Uniform's one."""
-    ad = parse_args(loop_argv(args, paths, tempfile.gettempdir(), "alphadecay", 1), world_size=rt.world_size)
-    uni = parse_args(loop_argv(args, paths, tempfile.gettempdir(), "uniform"), world_size=rt.world_size)
+    scratch = tempfile.gettempdir()
+    ad = parse_args(loop_argv(args, paths, scratch, "alphadecay", 1), world_size=rt.world_size)
+    uni = parse_args(loop_argv(args, paths, scratch, "uniform"), world_size=rt.world_size)
     model = build_model(args.model_config, dtype=dtype, device=rt.device, seed=ad.seed)
     strategy = strategy_from_args(ad, model)
     opt_ad = build_optimizer(ad, strategy.param_groups(), rt.device)
@@ -164,7 +261,7 @@ def esd_and_group_costs(args, paths, rt, dtype, repeat: int) -> dict:
     g = torch.Generator(device=rt.device).manual_seed(0)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=g, device=rt.device, dtype=p.dtype) * 1e-3
-    for _ in range(2):  # allocate both optimizers' state first
+    for _ in range(2):  # allocate and first-touch both optimizers' state
         opt_ad.step()
         opt_uni.step()
     esd, extra, ad_s, uni_s = [], [], [], []
@@ -175,24 +272,13 @@ def esd_and_group_costs(args, paths, rt, dtype, repeat: int) -> dict:
         ad_s.append(a)
         uni_s.append(u)
         extra.append(a - u)
-    costs = {"esd_s": median(esd), "groups_extra_s": median(extra), "optimizer_step_alphadecay_s": median(ad_s),
-             "optimizer_step_uniform_s": median(uni_s), "groups": len(opt_ad.param_groups),
-             "optimizer": adam_kind(opt_ad)}
-    del model, strategy, opt_ad, opt_uni
-    gc.collect()
-    return costs
+    return {"esd_s": median(esd), "groups_extra_s": median(extra), "optimizer_step_alphadecay_s": median(ad_s),
+            "optimizer_step_uniform_s": median(uni_s), "groups": len(opt_ad.param_groups),
+            "optimizer": adam_kind(opt_ad)}
 
 
-def summary(runs: list[list[tuple[float, float]]], warmup: int) -> dict:
-    """Best run (lowest mean seconds per update over the measured updates) and per-run figures."""
-    per_run = []
-    for run in runs:
-        kept = run[warmup:]
-        tokens, seconds = sum(t for t, _ in kept), sum(s for _, s in kept)
-        per_run.append({"tokens_per_s": tokens / seconds, "update_s": seconds / len(kept),
-                        "tokens_per_update": tokens / len(kept)})
-    best = min(per_run, key=lambda r: r["update_s"])
-    return {**best, "runs": per_run}
+def measured(run, warmup):
+    return run[warmup:]
 
 
 def main():
@@ -201,18 +287,18 @@ def main():
     p.add_argument("--batch_size", type=int, default=8, help="sequences per micro-step (per rank)")
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--accum", type=int, default=2, help="micro-steps per update")
-    p.add_argument("--updates", type=int, default=3, help="measured updates per run (after --warmup)")
+    p.add_argument("--updates", type=int, default=5, help="measured updates per side (after --warmup)")
     p.add_argument("--warmup", type=int, default=2,
-                   help="updates dropped at the start of every run (the first two Adam steps are slow: state allocation)")
-    p.add_argument("--repeat", type=int, default=2, help="alternating runs per side; the best is kept")
+                   help="updates dropped at the start (start-up; the first two Adam steps allocate the state)")
+    p.add_argument("--repeat", type=int, default=1, help="sessions of all sides; their updates are pooled")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers, both sides")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="weights and compute; default bfloat16 on a bf16 GPU, float32 on CPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile our side (the release did not)")
     p.add_argument("--direct_intervals", default="1",
-                   help="AlphaDecay intervals to also time in the real loop (those <= --updates); '' for none")
-    p.add_argument("--esd_repeat", type=int, default=3, help="timings of the ESD pass and the optimizer step")
+                   help="AlphaDecay intervals also run as sides of their own (those dividing --updates); '' none")
+    p.add_argument("--esd_repeat", type=int, default=3, help="timings of the ESD pass and of the optimizer step")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
 
@@ -222,63 +308,70 @@ def main():
     if args.dtype is None:
         args.dtype = "bfloat16" if rt.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    direct = [int(x) for x in args.direct_intervals.split(",") if x.strip()]
-    skipped = [i for i in direct if i > args.updates]
-    direct = [i for i in direct if i <= args.updates]
-    if skipped and rt.is_main:
-        note(f"direct measurement skipped for intervals {skipped}: they need --updates >= the interval")
+    requested = [int(x) for x in args.direct_intervals.split(",") if x.strip()]
+    direct = [i for i in requested if args.updates % i == 0]
+    if len(direct) < len(requested) and rt.is_main:
+        note(f"direct measurement skipped for intervals {sorted(set(requested) - set(direct))}: "
+             f"--updates ({args.updates}) must be a multiple of the interval")
     report = Report(enabled=rt.is_main)
-    tokenizer = load_tokenizer(paths["tokenizer"], args.max_length)
-    # Ranks of one torchrun job share the parent process: one scratch folder for all of them.
+    # Ranks of one torchrun job share their parent process: one scratch folder for all of them.
     scratch = Path(tempfile.gettempdir()) / f"alphadecay-bench-{os.getppid() if rt.distributed else os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
 
-    base_runs, our_runs, ad_runs = [], [], {i: [] for i in direct}
-    for r in range(args.repeat):
-        base_runs.append(baseline_run(args, paths, rt, dtype, tokenizer))
-        our_runs.append(ours_run(args, paths, str(scratch / f"ours-{r}")))
-        for interval in direct:
-            ad_runs[interval].append(ours_run(args, paths, str(scratch / f"ad{interval}-{r}"), "alphadecay", interval))
+    sides = [{"name": "baseline", "kind": "baseline"},
+             {"name": "ours", "kind": "ours", "strategy": "uniform", "interval": 500}]
+    sides += [{"name": f"alphadecay_{i}", "kind": "ours", "strategy": "alphadecay", "interval": i} for i in direct]
+    pooled = {side["name"]: [] for side in sides}
+    try:
+        for r in range(args.repeat):
+            results = run_sides(sides, args, paths, scratch / f"session-{r}")
+            for name, run in results.items():
+                pooled[name].extend(measured(run, args.warmup))
+            if rt.is_main:
+                note(f"session {r + 1}/{args.repeat}: " + ", ".join(
+                    f"{name} {median([s for _, s in measured(run, args.warmup)]):.3f} s/update"
+                    for name, run in results.items()))
+        costs = esd_and_group_costs(args, paths, rt, dtype, args.esd_repeat)
+    finally:
         if rt.is_main:
-            note(f"repeat {r + 1}/{args.repeat}: baseline {summary([base_runs[-1]], args.warmup)['update_s']:.3f} "
-                 f"s/update, ours {summary([our_runs[-1]], args.warmup)['update_s']:.3f} s/update")
-    model_name = Path(args.model_config).stem
-    costs = esd_and_group_costs(args, paths, rt, dtype, args.esd_repeat)
-    common = {"model": model_name, "device": str(rt.device), "dtype": args.dtype, "world_size": rt.world_size,
-              "batch_size": args.batch_size, "max_length": args.max_length, "accum": args.accum}
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    common = {"model": Path(args.model_config).stem, "device": str(rt.device), "dtype": args.dtype,
+              "world_size": rt.world_size, "batch_size": args.batch_size, "max_length": args.max_length,
+              "accum": args.accum}
     if rt.is_main:
-        base, ours = summary(base_runs, args.warmup), summary(our_runs, args.warmup)
+        base, ours = pooled["baseline"], pooled["ours"]
+        tps = lambda run: [t / s for t, s in run]  # noqa: E731
         probe = torch.optim.Adam([torch.zeros(1, device=rt.device)])
-        report.emit({"bench": "train_step", **common, "workers": args.workers, "updates": args.updates,
-                     "repeat": args.repeat, "tokens": "non-pad",
-                     "baseline_tokens_per_s": round(base["tokens_per_s"], 1),
-                     "ours_tokens_per_s": round(ours["tokens_per_s"], 1),
-                     "speedup": round(ours["tokens_per_s"] / base["tokens_per_s"], 3),
-                     "baseline_update_s": round(base["update_s"], 4), "ours_update_s": round(ours["update_s"], 4),
-                     "update_time_speedup": round(base["update_s"] / ours["update_s"], 3),
-                     "speedup_per_repeat": [round(o["tokens_per_s"] / b["tokens_per_s"], 3)
-                                            for b, o in zip(base["runs"], ours["runs"])],
-                     "baseline_adam": adam_kind(probe), "ours_adam": costs["optimizer"],
-                     **machine(rt.device)})
-        update_s = ours["update_s"]
+        update_s = median([s for _, s in ours])
+        report.emit({"bench": "train_step", **common, "workers": args.workers, "updates": len(ours),
+                     "tokens": "non-pad",
+                     "baseline_tokens_per_s": round(median(tps(base)), 1),
+                     "ours_tokens_per_s": round(median(tps(ours)), 1),
+                     "speedup": round(median([o / b for o, b in zip(tps(ours), tps(base))]), 3),
+                     "baseline_update_s": round(median([s for _, s in base]), 4), "ours_update_s": round(update_s, 4),
+                     "update_time_speedup": round(median([b[1] / o[1] for b, o in zip(base, ours)]), 3),
+                     "speedup_per_update": [round(o / b, 3) for o, b in zip(tps(ours), tps(base))],
+                     "baseline_adam": adam_kind(probe), "ours_adam": costs["optimizer"], **machine(rt.device)})
         for interval in AMORTISED_INTERVALS:
             per_update = costs["esd_s"] / interval + costs["groups_extra_s"]
             report.emit({"bench": "alphadecay_overhead", **common, "interval": interval, "method": "amortised",
                          "overhead_pct": round(100 * per_update / update_s, 3),
                          "esd_only_pct": round(100 * costs["esd_s"] / (interval * update_s), 3),
                          "esd_s": round(costs["esd_s"], 4), "groups_extra_s": round(costs["groups_extra_s"], 4),
+                         "optimizer_step_uniform_s": round(costs["optimizer_step_uniform_s"], 4),
                          "groups": costs["groups"], "uniform_update_s": round(update_s, 4)})
         for interval in direct:
-            ad = summary(ad_runs[interval], args.warmup)
+            ad = pooled[f"alphadecay_{interval}"]
             predicted = costs["esd_s"] / interval + costs["groups_extra_s"]
             report.emit({"bench": "alphadecay_overhead", **common, "interval": interval, "method": "direct",
-                         "overhead_pct": round(100 * (ad["update_s"] / update_s - 1), 3),
+                         "overhead_pct": round(100 * (sum(s for _, s in ad) / sum(s for _, s in ours) - 1), 3),
+                         "median_paired_pct": round(100 * (median([a[1] / o[1] for a, o in zip(ad, ours)]) - 1), 3),
                          "predicted_pct": round(100 * predicted / update_s, 3),
-                         "alphadecay_update_s": round(ad["update_s"], 4), "uniform_update_s": round(update_s, 4),
-                         "updates": args.updates, "repeat": args.repeat})
+                         "alphadecay_update_s": round(median([s for _, s in ad]), 4),
+                         "uniform_update_s": round(update_s, 4), "updates": len(ad)})
         report.save(args.json)
-    shutil.rmtree(scratch, ignore_errors=True)
-    if rt.distributed and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    teardown()
 
 
 if __name__ == "__main__":

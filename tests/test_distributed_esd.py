@@ -8,9 +8,10 @@ from conftest import tiny_llama, REPO
 
 
 def test_two_ranks_agree_bit_for_bit(tmp_path):
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(REPO / "tests" / "dist" / "esd_agreement.py"), str(tmp_path)],
-                   check=True, timeout=300, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "tests" / "dist" / "esd_agreement.py"), str(tmp_path)],
+                          timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["shared"] == r1["shared"]            # exact equality of every float
     assert r0["analyze"] == r1["analyze"]
