@@ -23,6 +23,7 @@ import types
 
 import torch
 
+from .cli import parse_bool
 from .analysis import MODULE_TYPES, module_type
 from .analysis import analyze as _analyze_fn
 from .assign import ASSIGN_FUNCS
@@ -36,15 +37,6 @@ NOT_FOUND = "error: no model found at {path}: {reason}; pass a folder written by
 
 class UsageError(Exception):
     """A problem the user can fix from the command line: printed as one line, exit code 2."""
-
-
-def _bool(text: str) -> bool:
-    low = str(text).lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,15 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     wd.add_argument("--wd_max_ratio", type=float, default=3.0, help="decay of the largest score, x wd")
     wd.add_argument("--assign_func", default="tb_linear_map", choices=ASSIGN_FUNCS)
     wd.add_argument("--esd_metric_for_tb", default="alpha", choices=WEIGHT_METRICS, help="score driving the decays")
-    wd.add_argument("--remove_first_layer", type=_bool, default=True,
+    wd.add_argument("--remove_first_layer", type=parse_bool, default=True,
                     help="first linear module keeps wd (true/false, default true)")
-    wd.add_argument("--remove_last_layer", type=_bool, default=True,
+    wd.add_argument("--remove_last_layer", type=parse_bool, default=True,
                     help="last linear module (lm_head) keeps wd (true/false, default true)")
     wd.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd")
     est = p.add_argument_group("estimator")
     est.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS)
     est.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
-    est.add_argument("--filter_zeros", type=_bool, default=False,
+    est.add_argument("--filter_zeros", type=parse_bool, default=False,
                      help="drop eigenvalues <= 1e-5 before fitting")
     est.add_argument("--farms", action="store_true", help="fit alpha on square sub-windows (FARMS)")
     est.add_argument("--float64", "--esd_float64", dest="float64", action="store_true",

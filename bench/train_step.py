@@ -298,7 +298,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile our side (the release did not)")
     p.add_argument("--direct_intervals", default="1",
                    help="AlphaDecay intervals also run as sides of their own (those dividing --updates); '' none")
-    p.add_argument("--esd_repeat", type=int, default=3, help="timings of the ESD pass and of the optimizer step")
+    p.add_argument("--esd_repeat", type=int, default=5, help="timings of the ESD pass and of the optimizer step")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
 

@@ -42,7 +42,7 @@ def test_benchmarks_print_their_ratios(tmp_path, c4_dir, t5_dir):
     config.write_text(json.dumps(TINY))
     # Both at once: each is mostly start-up and waiting, and the test must stay short.
     step = _start("train_step.py", "--model_config", config, "--batch_size", 2, "--max_length", 16, "--accum", 2,
-                  "--updates", 1, "--repeat", 1, "--workers", 1, "--esd_repeat", 1, "--direct_intervals", "1,10",
+                  "--updates", 1, "--warmup", 1, "--workers", 1, "--esd_repeat", 1, "--direct_intervals", "1,10",
                   "--json", tmp_path / "step.json")
     data = _start("data.py", "--models", config, "--batch_size", 2, "--max_length", 16, "--workers", "0,1",
                   "--batches", 3, "--warmup_batches", 1, "--repeat", 1, "--model_repeat", 1,

@@ -6,20 +6,11 @@ import json
 import math
 import os
 
+from ..cli import parse_bool
 from ..assign import ASSIGN_FUNCS
 from ..powerlaw import PL_FITTINGS
 from ..strategies import ESD_METRICS, STRATEGIES
 from .errors import ConfigError
-
-
-def _bool(text: str) -> bool:
-    # The release writes --remove_last_layer True / False.
-    low = str(text).lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _token_count(text: str) -> int:
@@ -92,16 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--wd_max_ratio", type=float, default=3.0, help="decay of the largest score, x wd")
     w.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS, help="xmin selection for the Hill fit")
     w.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
-    w.add_argument("--filter_zeros", type=_bool, default=False, help="drop eigenvalues <= 1e-5 before fitting")
+    w.add_argument("--filter_zeros", type=parse_bool, default=False, help="drop eigenvalues <= 1e-5 before fitting")
     w.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd")
-    w.add_argument("--remove_first_layer", type=_bool, default=True, help="first linear module keeps wd")
-    w.add_argument("--remove_last_layer", type=_bool, default=True, help="last linear module (lm_head) keeps wd")
+    w.add_argument("--remove_first_layer", type=parse_bool, default=True, help="first linear module keeps wd")
+    w.add_argument("--remove_last_layer", type=parse_bool, default=True, help="last linear module (lm_head) keeps wd")
     w.add_argument("--farms", action="store_true", help="fit alpha on square sub-windows (FARMS aspect-ratio fix)")
     w.add_argument("--esd_float64", action="store_true", help="compute eigenvalues in float64")
     w.add_argument("--alpha_every", type=int, default=None,
                    help="log module alphas every N updates (default: --unbalancedWD_every for module-wise "
                         "strategies, only at the start otherwise; 0 = only at the start)")
-    w.add_argument("--batchnorm", type=_bool, default=True, help="accepted for the release's scripts (no BatchNorm in LLaMA)")
+    w.add_argument("--batchnorm", type=parse_bool, default=True, help="accepted for the release's scripts (no BatchNorm in LLaMA)")
     w.add_argument("--batchnorm_type", default="name", help="accepted for the release's scripts")
 
     d = p.add_argument_group("data")

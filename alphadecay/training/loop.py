@@ -172,6 +172,9 @@ def train(args) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 print(f"warning: skipped update {update_step + 1}: non-finite loss or gradient "
                       f"({skipped} skipped so far)", file=sys.stderr)
+                if stop_votes > 0:       # a signal must be honoured even while updates are skipped
+                    preempted = True
+                    break
                 continue
 
             # 3. AlphaDecay: every T updates, recompute module alphas and reassign module-wise decays.
