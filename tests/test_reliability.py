@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("c4_dir", "t5_dir")
 def popen(argv, env=None):
     return subprocess.Popen([sys.executable, str(REPO / "torchrun_main.py"), *argv], cwd=REPO,
                             env={**os.environ, "WANDB_MODE": "disabled", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def wait_for_step(save_dir, step, proc, timeout=180):
@@ -37,10 +37,11 @@ def wait_for_step(save_dir, step, proc, timeout=180):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_finishes_the_update_checkpoints_and_resumes(tmp_path, sig):
-    argv = tiny_run_flags(tmp_path, steps=12, strategy="alphadecay", unbalancedWD_every=5) + data_flags(DATA_DIR)
+    # A DataLoader worker too: Ctrl-C and schedulers signal the whole process group.
+    argv = tiny_run_flags(tmp_path, steps=12, strategy="alphadecay", unbalancedWD_every=5, workers=1) + data_flags(DATA_DIR)
     proc = popen(argv)
     wait_for_step(tmp_path, 3, proc)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     last = max(r["step"] for r in records(tmp_path, "train"))

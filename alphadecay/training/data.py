@@ -309,6 +309,14 @@ def _export(state: dict) -> dict:
     return exported
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the workers must outlive them
+    # so that the main process can finish the update in flight and checkpoint (it stops them itself).
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ResumableLoader:
     """Iterable of training batches that knows exactly which batches the training loop has taken.
 
@@ -336,7 +344,8 @@ class ResumableLoader:
     def __iter__(self):
         self.dataset.load_state_dict(self._state)  # workers are forked from this object: they start from here
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                             collate_fn=_keep, persistent_workers=False)
+                                             collate_fn=_keep, persistent_workers=False,
+                                             worker_init_fn=_ignore_stop_signals if self.num_workers else None)
         for item in loader:
             if "_error" in item:
                 raise ConfigError(item["_error"])
