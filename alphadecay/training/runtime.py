@@ -58,6 +58,9 @@ def setup(requested_device: str = "auto") -> Runtime:
 
 def teardown() -> None:
     if dist.is_initialized():
+        # Every rank reaches this point before the group goes away; tearing gloo down while a peer
+        # is still using it can abort the process at exit.
+        dist.barrier()
         dist.destroy_process_group()
 
 

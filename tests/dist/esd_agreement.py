@@ -25,4 +25,5 @@ out = {"shared": shared.decays, "alone": alone.decays,
        "analyze": {n: s["alpha"] for n, s in alphadecay.analyze(model).items()}}
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
     json.dump(out, f)
+dist.barrier()
 dist.destroy_process_group()
