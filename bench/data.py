@@ -106,7 +106,7 @@ def main():
     p.add_argument("--workers", default="0,1,2", help="DataLoader worker counts to try")
     p.add_argument("--batches", type=int, default=60, help="timed batches per pipeline run")
     p.add_argument("--warmup_batches", type=int, default=3)
-    p.add_argument("--repeat", type=int, default=2, help="alternating runs per pipeline; the best is kept")
+    p.add_argument("--repeat", type=int, default=3, help="alternating runs per pipeline; the best is kept")
     p.add_argument("--model_repeat", type=int, default=2, help="timed forward+backward passes per model")
     p.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
