@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from .data import eval_batches
+from .loss import NextTokenLoss
 from .model import vocab_guard
 
 
@@ -21,16 +22,15 @@ def evaluate(model: torch.nn.Module, tokenizer, args, rt) -> dict:
     was_training = model.training
     model.eval()
     guard = vocab_guard(model, tokenizer)
+    loss_fn = NextTokenLoss(model)
     sums = torch.zeros(2, dtype=torch.float64, device=rt.device)   # summed loss, predicted tokens
     for batch in eval_batches(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
                               max_length=args.max_length, target_eval_tokens=args.target_eval_tokens,
                               rank=rt.rank, world_size=rt.world_size):
-        input_ids = guard(batch["input_ids"]).to(rt.device, non_blocking=True)
-        mask = batch["attention_mask"].to(rt.device, non_blocking=True)
-        labels = input_ids.masked_fill(mask == 0, -100)
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        n = (labels[:, 1:] != -100).sum()
-        sums += torch.stack([loss.double() * n, n.double()])
+        inputs = loss_fn.inputs(guard(batch["input_ids"]), batch["attention_mask"], rt.device)
+        n = inputs["positions"].numel()
+        if n:
+            sums += torch.stack([loss_fn(**inputs).double() * n, torch.tensor(float(n), device=rt.device)])
     if rt.distributed:
         dist.all_reduce(sums)
     total_loss, tokens = sums.tolist()

@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .evaluate import evaluate
 from .flops import mfu, training_flops_per_token
 from .logger import RunLogger, progress_bar
+from .loss import NextTokenLoss
 from .model import build_model, count_params, vocab_guard
 from .optim import build_optimizer, build_scheduler, strategy_from_args
 from .runtime import StopSignal, setup, teardown, world_size_from_env
@@ -102,9 +103,9 @@ def train(args) -> dict:
     log = RunLogger(args, enabled=rt.is_main, run_config=run_config, resumed=resume_from is not None)
     if resume_from is None:
         log.decay(strategy.last, args.strategy)
-    net = model
+    net = loss_fn = NextTokenLoss(model)
     if args.compile:
-        net = torch.compile(net)
+        loss_fn.compile()
     if rt.distributed:
         net = DDP(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -139,14 +140,12 @@ def train(args) -> dict:
                 except StopIteration:
                     raise ConfigError(f"the training data ran out at update {update_step} of "
                                       f"{args.num_training_steps}; give more data or fewer --num_training_steps") from None
-                mask_cpu = batch["attention_mask"]
-                local_tokens += int(mask_cpu.sum())       # counted on the host copy: no device sync
-                input_ids = guard_vocab(batch["input_ids"]).to(rt.device, non_blocking=True)
-                mask = mask_cpu.to(rt.device, non_blocking=True)
-                labels = input_ids.masked_fill(mask == 0, -100)
+                mask = batch["attention_mask"]
+                local_tokens += int(mask.sum())       # counted on the host copy: no device sync
+                inputs = loss_fn.inputs(guard_vocab(batch["input_ids"]), mask, rt.device)
                 sync = contextlib.nullcontext() if (micro == accum - 1 or not rt.distributed) else net.no_sync()
                 with sync:
-                    loss = net(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+                    loss = net(**inputs)
                     if fault_step == update_step + 1 and fault_rank in (None, rt.rank):
                         loss = loss * math.nan
                         fault_step = None   # once: a skipped update is retried with the next batch
@@ -154,7 +153,10 @@ def train(args) -> dict:
                 loss_sum += loss.detach().float()
 
             # 2. One host sync per update: grad norm, loss, tokens and the stop flag, agreed by all ranks.
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clipping or math.inf)
+            if args.grad_clipping:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clipping)
+            else:   # the norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             stats = torch.stack([loss_sum / accum, torch.tensor(float(local_tokens), device=rt.device),
                                  torch.tensor(float(stop.received is not None), device=rt.device)])
             if rt.distributed:

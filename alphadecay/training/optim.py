@@ -24,8 +24,9 @@ def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy:
 
 
 def build_optimizer(args, param_groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    # Fused kernels on CUDA: one launch per group instead of a loop over tensors.
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # Fused kernels (CUDA and CPU): one pass over each tensor for the whole update. On CPU, LLaMA-20M:
+    # 10 ms per step against foreach's 30 ms and the for-loop's 62 ms.
+    fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     cls = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
     return cls(param_groups, lr=args.lr, **fast)
 
