@@ -71,3 +71,16 @@ def test_benchmarks_print_their_ratios(tmp_path, c4_dir, t5_dir):
         _finite(r, "pipeline_tokens_per_s", "model_tokens_per_s", "ratio")
         assert r["ratio"] > 0
     assert {r["workers"] for r in rows if r["bench"] == "data_speedup"} == {0, 1}
+
+
+def test_loss_bench_variants_agree_on_the_loss(tmp_path, c4_dir, t5_dir):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    rows = _rows(_start("loss.py", "--model_config", config, "--batch_size", 2, "--max_length", 32, "--batches", 2,
+                        "--rounds", 1, "--json", tmp_path / "loss.json"))
+    assert json.loads((tmp_path / "loss.json").read_text()) == rows
+    assert [r["variant"] for r in rows] == ["labels", "no_mask", "no_mask_select", "ours"]
+    for r in rows:
+        _finite(r, "best_s", "tokens_per_s", "speedup", "mean_loss")
+    # Four ways to one loss: the same batches give the same mean loss whichever path computed it.
+    assert max(r["mean_loss"] for r in rows) - min(r["mean_loss"] for r in rows) < 1e-4
