@@ -112,3 +112,17 @@ def test_two_ranks_match_one_process_on_the_same_checkpoint(tmp_path):
     assert evals[1]["eval_tokens"] == evals[2]["eval_tokens"] == final["eval_tokens"]
     assert math.isclose(evals[1]["eval_loss"], evals[2]["eval_loss"], rel_tol=1e-6)
     assert math.isclose(evals[1]["eval_loss"], final["eval_loss"], rel_tol=1e-6)
+
+
+def test_compile_trains_like_eager(tmp_path):
+    # --compile compiles the decoder in place (torch.compile, inductor's C++ code on CPU): same losses, and
+    # the checkpoint keeps transformers' parameter names. In subprocesses, to keep dynamo's state out of pytest.
+    runs = {}
+    for name, extra in [("eager", []), ("compiled", ["--compile"])]:
+        run_cli(tiny_run_flags(tmp_path / name, steps=4, target_eval_tokens=500) + data_flags(DATA_DIR) + extra)
+        runs[name] = [r["loss"] for r in records(tmp_path / name, "train")] + \
+            [records(tmp_path / name, "final")[0]["eval_loss"]]
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-4)
+    from transformers import AutoModelForCausalLM
+    _, info = AutoModelForCausalLM.from_pretrained(tmp_path / "compiled" / "model_4", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
