@@ -302,7 +302,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=8, help="sequences per micro-step (per rank)")
     p.add_argument("--max_length", type=int, default=128)
     p.add_argument("--accum", type=int, default=2, help="micro-steps per update")
-    p.add_argument("--updates", type=int, default=4, help="measured updates per side (after --warmup)")
+    p.add_argument("--updates", type=int, default=8, help="measured updates per side (after --warmup)")
     p.add_argument("--warmup", type=int, default=2,
                    help="updates dropped at the start (start-up; the first two Adam steps allocate the state)")
     p.add_argument("--repeat", type=int, default=1, help="sessions of all sides; their updates are pooled")

@@ -258,6 +258,35 @@ ad_run() {
 }
 
 # ad_summary: one line, exit status 1 when some run failed
+# The release's AlphaDecay ratio pairs (wd_min_ratio wd_max_ratio) by decay: Adam (tables.json table11
+# "ratios"), AdamW (training_recipe "LLaMa-60M adamw") and GPT-nano.
+ad_adam_ratios() { case "$1" in 1e-5|1e-05|0.00001) echo "0.6666 3" ;; *) echo "0.6666 5" ;; esac; }
+ad_adamw_ratios() { echo "0.6666 5"; }
+ad_gpt_ratios() { echo "0.6666 3"; }
+
+# The paper's grid over $MODELS x $SEEDS: WD=0 once (it does not depend on the decay column), then for each
+# of $DECAYS Uniform, AWD, AdaDecay and AlphaDecay at each interval given (only methods in $METHODS).
+ad_methods_grid() {  # table optimizer ratios_function "intervals"
+    local table="$1" optimizer="$2" ratios="$3" intervals="$4" model seed decay rmin rmax method gap
+    for model in $MODELS; do
+        for seed in $SEEDS; do
+            ad_has_method none && ad_run "$table" "$model" "$optimizer" wd0 0 "$seed"
+            for decay in $DECAYS; do
+                read -r rmin rmax <<< "$("$ratios" "$decay")"
+                for method in uniform awd adadecay; do
+                    ad_has_method "$method" || continue
+                    ad_run "$table" "$model" "$optimizer" "$method" "$decay" "$seed" "$EVERY" "$rmin" "$rmax"
+                done
+                ad_has_method alphadecay || continue
+                for gap in $intervals; do
+                    ad_run "$table" "$model" "$optimizer" alphadecay "$decay" "$seed" "$gap" "$rmin" "$rmax"
+                done
+            done
+        done
+    done
+    return 0
+}
+
 ad_summary() {
     local what="launched"; [[ "$DRY_RUN" == 1 ]] && what="printed"
     ad_log "summary: $AD_LAUNCHED $what, $AD_SKIPPED skipped, $AD_FAILED failed"

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max_length", type=int, default=256, help="tokens per sequence")
     a.add_argument("--seed", type=int, default=0, help="model init and dropout seed (data order is fixed by seed 42)")
     a.add_argument("--activation_checkpointing", action="store_true", help="recompute activations in backward")
-    a.add_argument("--compile", action="store_true", help="torch.compile the model")
+    a.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder (the whole model for types other than llama and gpt2)")
     a.add_argument("--use_hf_model", action="store_true", help="accepted for the release's scripts; models always "
                    "come from transformers here")
 

@@ -17,27 +17,5 @@ AD_NAME_EVERY=1            # run names carry -every<GAP>
 ad_validate
 for gap in $INTERVALS; do [[ "$gap" =~ ^[0-9]+$ && "$gap" -ge 1 ]] || ad_die "INTERVALS must be positive integers, got '$gap'"; done
 
-ratios() {
-    case "$1" in
-        1e-5|1e-05|0.00001) echo "0.6666 3" ;;
-        *) echo "0.6666 5" ;;
-    esac
-}
-
-for model in $MODELS; do
-    for seed in $SEEDS; do
-        ad_has_method none && ad_run "$TABLE" "$model" adam wd0 0 "$seed"
-        for decay in $DECAYS; do
-            read -r rmin rmax <<< "$(ratios "$decay")"
-            ad_has_method uniform && ad_run "$TABLE" "$model" adam uniform "$decay" "$seed"
-            ad_has_method awd && ad_run "$TABLE" "$model" adam awd "$decay" "$seed"
-            ad_has_method adadecay && ad_run "$TABLE" "$model" adam adadecay "$decay" "$seed"
-            if ad_has_method alphadecay; then
-                for gap in $INTERVALS; do
-                    ad_run "$TABLE" "$model" adam alphadecay "$decay" "$seed" "$gap" "$rmin" "$rmax"
-                done
-            fi
-        done
-    done
-done
+ad_methods_grid "$TABLE" adam ad_adam_ratios "$INTERVALS"
 ad_summary

@@ -13,15 +13,5 @@ TABLE=table12_adamw
 : "${METHODS:=wd0 uniform awd adadecay alphadecay}"
 ad_validate
 
-for model in $MODELS; do
-    for seed in $SEEDS; do
-        ad_has_method none && ad_run "$TABLE" "$model" adamw wd0 0 "$seed"
-        for decay in $DECAYS; do
-            for method in uniform awd adadecay alphadecay; do
-                ad_has_method "$method" || continue
-                ad_run "$TABLE" "$model" adamw "$method" "$decay" "$seed" "$EVERY" 0.6666 5
-            done
-        done
-    done
-done
+ad_methods_grid "$TABLE" adamw ad_adamw_ratios "$EVERY"
 ad_summary

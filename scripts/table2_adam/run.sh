@@ -15,24 +15,5 @@ TABLE=table2_adam
 : "${METHODS:=wd0 uniform awd adadecay alphadecay}"
 ad_validate
 
-ratios() {  # decay -> "min max"
-    case "$1" in
-        1e-5|1e-05|0.00001) echo "0.6666 3" ;;
-        *) echo "0.6666 5" ;;
-    esac
-}
-
-for model in $MODELS; do
-    for seed in $SEEDS; do
-        # WD=0 does not depend on the decay column: one run per model and seed.
-        ad_has_method none && ad_run "$TABLE" "$model" adam wd0 0 "$seed"
-        for decay in $DECAYS; do
-            read -r rmin rmax <<< "$(ratios "$decay")"
-            for method in uniform awd adadecay alphadecay; do
-                ad_has_method "$method" || continue
-                ad_run "$TABLE" "$model" adam "$method" "$decay" "$seed" "$EVERY" "$rmin" "$rmax"
-            done
-        done
-    done
-done
+ad_methods_grid "$TABLE" adam ad_adam_ratios "$EVERY"
 ad_summary

@@ -13,15 +13,5 @@ TABLE=table5_gpt_nano
 : "${OPTIMIZER:=adam}"
 ad_validate
 
-for model in $MODELS; do
-    for seed in $SEEDS; do
-        ad_has_method none && ad_run "$TABLE" "$model" "$OPTIMIZER" wd0 0 "$seed"
-        for decay in $DECAYS; do
-            for method in uniform awd adadecay alphadecay; do
-                ad_has_method "$method" || continue
-                ad_run "$TABLE" "$model" "$OPTIMIZER" "$method" "$decay" "$seed" "$EVERY" 0.6666 3
-            done
-        done
-    done
-done
+ad_methods_grid "$TABLE" "$OPTIMIZER" ad_gpt_ratios "$EVERY"
 ad_summary
