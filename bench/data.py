@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, Report, data_paths, machine, median, note, release_loader, timed  # noqa: E402
 
 from alphadecay.training.data import TrainBatches, load_tokenizer, make_train_loader  # noqa: E402
+from alphadecay.training.loss import NextTokenLoss  # noqa: E402
 from alphadecay.training.model import build_model  # noqa: E402
 from alphadecay.training.runtime import pick_device  # noqa: E402
 
@@ -81,14 +82,15 @@ def pipeline_rate(make, warmup: int, count: int, workers: int) -> dict:
 
 
 def model_rate(config: str, batch_size: int, max_length: int, device, dtype, repeat: int) -> float:
-    """Sequence positions per second through forward + backward of ``config``."""
+    """Sequence positions per second through forward + backward of ``config``, with the loop's loss."""
     model = build_model(config, dtype=dtype, device=device, seed=0)
     vocab = model.config.vocab_size
-    ids = torch.randint(3, vocab, (batch_size, max_length), generator=torch.Generator().manual_seed(0)).to(device)
-    mask = torch.ones_like(ids)
+    ids = torch.randint(3, vocab, (batch_size, max_length), generator=torch.Generator().manual_seed(0))
+    loss_fn = NextTokenLoss(model)
+    inputs = loss_fn.inputs(ids, torch.ones_like(ids), device)   # no padding: the model's busiest case
 
     def step():
-        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+        loss_fn(**inputs).backward()
         model.zero_grad(set_to_none=True)
 
     step()

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from .encode import encode_rows
 from .errors import ConfigError
 from .text_sources import HUB_DATASET, _one_line, load_documents, resolve_data_files
 
@@ -281,9 +282,8 @@ class TrainBatches(torch.utils.data.IterableDataset):
                 attention_mask = torch.ones_like(input_ids)
                 carry = carry[rows * length:]
             else:
-                encoded = self.tokenizer(list(itertools.islice(docs, rows)), max_length=length, truncation=True,
-                                         padding="max_length", return_tensors="pt")
-                input_ids, attention_mask = encoded["input_ids"].long(), encoded["attention_mask"].long()
+                encoded = encode_rows(self.tokenizer, list(itertools.islice(docs, rows)), length)
+                input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
             made += 1
             yield {"input_ids": input_ids, "attention_mask": attention_mask, "_stream": index,
                    "_stream_state": {**stream.state(), "carry": list(carry), "batches": made}}
@@ -421,8 +421,7 @@ def _eval_batches(documents, where, tokenizer, batch_size, max_length, target, r
         group = list(itertools.islice(docs, batch_size))
         if not group:
             break
-        encoded = tokenizer(group, max_length=max_length, truncation=True, padding="max_length", return_tensors="pt")
-        batch = {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
+        batch = encode_rows(tokenizer, group, max_length)
         tokens += int(batch["attention_mask"].sum())
         if index % world_size == rank:
             yield batch
