@@ -126,3 +126,17 @@ def test_compile_trains_like_eager(tmp_path):
     from transformers import AutoModelForCausalLM
     _, info = AutoModelForCausalLM.from_pretrained(tmp_path / "compiled" / "model_4", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_activation_checkpointing_trains_like_without(tmp_path):
+    # Recomputing the activations in backward must not change what is learned: same losses, same evaluation.
+    from alphadecay.training.args import parse_args
+    from alphadecay.training.loop import train
+    runs = {}
+    for name, extra in [("plain", []), ("recompute", ["--activation_checkpointing"])]:
+        out = train(parse_args(tiny_run_flags(tmp_path / name, steps=4, target_eval_tokens=500) + data_flags(DATA_DIR)
+                               + extra, world_size=1))
+        assert out["model"].is_activation_checkpointing == (name == "recompute")
+        runs[name] = [r["loss"] for r in records(tmp_path / name, "train")] + \
+            [records(tmp_path / name, "final")[0]["eval_loss"]]
+    assert runs["recompute"] == pytest.approx(runs["plain"], rel=1e-5)

@@ -17,8 +17,8 @@ def build_model(config_path: str, *, dtype: torch.dtype, device: torch.device, s
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    if activation_checkpointing:
-        model.gradient_checkpointing_enable()
+    if activation_checkpointing:   # transformers 5 renamed it; the old name warns
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     # Pure low-precision weights, as the paper's runs (the optimizer state follows the weights).
     return model.to(device=device, dtype=dtype)
 
