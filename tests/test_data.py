@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alphadecay.training.data import (TrainBatches, eval_batches, load_documents, load_tokenizer, make_train_loader,
+from alphadecay.training.data import (TrainBatches, load_documents, load_tokenizer, make_train_loader,
                                       resolve_data_files)
+from alphadecay.training.eval_data import eval_batches
 from alphadecay.training.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tokenized training and evaluation batches, with a training stream that resumes exactly.
+"""Tokenized training batches, a stream that resumes exactly (evaluation batches: eval_data.py).
 
 Training stream (:class:`TrainBatches`), per rank:
 
@@ -48,11 +48,10 @@ from .errors import ConfigError
 from .text_sources import HUB_DATASET, _one_line, load_documents, resolve_data_files
 
 __all__ = ["load_tokenizer", "resolve_data_files", "load_documents", "TrainBatches", "ResumableLoader",
-           "make_train_loader", "eval_batches"]
+           "make_train_loader"]
 
 logger = logging.getLogger(__name__)
 STATE_FORMAT = "alphadecay.train_batches.v1"
-EVAL_SEED = 42
 
 
 def load_tokenizer(name_or_path: str, max_length: int):
@@ -364,68 +363,3 @@ def make_train_loader(dataset: TrainBatches, num_workers: int) -> ResumableLoade
         # workers tokenize in parallel already; a forked Rust thread pool would only warn and be disabled
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return ResumableLoader(dataset, num_workers)
-
-
-_EVAL_CACHE: dict = {}  # one entry: the batches of the last complete evaluation pass
-
-
-def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens, rank=0, world_size=1, cache=True):
-    """This rank's evaluation batches ``{"input_ids", "attention_mask"}`` (truncated and padded to ``max_length``).
-
-    Every rank reads the same validation stream (``path``, or the hub's C4 ``validation`` split when ``path`` is
-    None) shuffled like the paper's ``val_data.shuffle(seed=42)`` (datasets' buffered shuffle; nothing here needs
-    resuming), cuts it into batches of ``batch_size`` usable documents and keeps batches in order until their non-pad
-    tokens reach ``target_eval_tokens``, the crossing batch included (the last batch may be smaller if the data runs
-    out first). Rank ``r`` gets the batches whose index is ``r`` modulo ``world_size``, so the set of batches does not
-    depend on ``world_size``; a rank can get none when there are fewer batches than ranks. Every rank tokenizes all
-    batches, since the cut depends on all of their token counts. With ``cache`` the rank's batches of the last
-    complete pass stay in memory (about 5 bytes per token position) and a repeated call with the same arguments
-    replays them instead of reading and tokenizing again. Errors in the arguments or the path are raised here;
-    "no tokens at all" is raised by the returned iterator once the stream is exhausted.
-    """
-    _check_positive(batch_size=batch_size, max_length=max_length)
-    _check_rank(rank, world_size)
-    key = (str(path), id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer), batch_size,
-           max_length, target_eval_tokens, rank, world_size)
-    if cache and key in _EVAL_CACHE:
-        return ({"input_ids": ids.long(), "attention_mask": mask.long()} for ids, mask in _EVAL_CACHE[key])
-    where = f"'{path}'" if path is not None else f"the hub's {HUB_DATASET[0]} validation split"
-    documents = load_documents(path, "validation").shuffle(seed=EVAL_SEED)
-    batches = _eval_batches(documents, where, tokenizer, batch_size, max_length, target_eval_tokens, rank, world_size)
-    return _cached(batches, key) if cache else batches
-
-
-def _cached(batches, key):
-    """Pass ``batches`` through and remember them compactly once the pass completes."""
-    kept = []
-    for batch in batches:
-        kept.append((batch["input_ids"].to(torch.int32), batch["attention_mask"].to(torch.bool)))
-        yield batch
-    _EVAL_CACHE.clear()
-    _EVAL_CACHE[key] = kept
-
-
-def _eval_batches(documents, where, tokenizer, batch_size, max_length, target, rank, world_size):
-    skipped = [0]
-
-    def texts():
-        for block in documents.iter(batch_size=256):
-            usable, bad = _usable(block["text"], block.get("undecodable"))
-            skipped[0] += bad
-            yield from usable
-
-    docs, tokens = texts(), 0
-    for index in itertools.count():
-        if tokens >= target:
-            break
-        group = list(itertools.islice(docs, batch_size))
-        if not group:
-            break
-        batch = encode_rows(tokenizer, group, max_length)
-        tokens += int(batch["attention_mask"].sum())
-        if index % world_size == rank:
-            yield batch
-    if skipped[0]:
-        logger.warning("evaluation skipped %d documents of %s that are not valid UTF-8", skipped[0], where)
-    if tokens == 0:
-        raise ConfigError(f"evaluation found no tokens in {where}; check --eval_dataset_path / --target_eval_tokens")

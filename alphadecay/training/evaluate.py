@@ -6,7 +6,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from .data import eval_batches
+from .eval_data import eval_batches
 from .loss import NextTokenLoss
 from .model import vocab_guard
 
