@@ -25,8 +25,9 @@ and first touching the optimizer state).
   baseline  the release's loop, written out in ``baseline_run``: documents tokenized one by one and stacked
             (``bench/common.py: ReleaseBatches``) in ``--workers`` workers, labels cloned with pad set to
             -100 and the model's own ``labels`` loss (attention mask passed), ``(input_ids != pad).sum().item()``
-            every micro-step and ``loss.item()`` after the step, DDP without ``no_sync`` under torchrun, ``torch.optim.Adam`` with torch's defaults (on CPU that
-            resolves to the per-tensor for-loop, on CUDA to foreach), no clipping (the release's default).
+            every micro-step and ``loss.item()`` after the step, DDP without ``no_sync`` under torchrun,
+            ``torch.optim.Adam`` with torch's defaults (on CPU that resolves to the per-tensor for-loop, on CUDA
+            to foreach), no clipping (the release's default).
 Both use the same model config, initialisation, dtype, batch, accumulation, device and tokenizer, and the same
 vocabulary guard (ids the model has no row for map to <unk>; the release had none, it costs nothing). They read
 the same files in their own shuffled orders, so batches hold slightly different numbers of non-pad tokens:
