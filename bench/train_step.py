@@ -286,10 +286,6 @@ def esd_and_group_costs(args, paths, rt, dtype, repeat: int) -> dict:
             "optimizer": adam_kind(opt_ad)}
 
 
-def measured(run, warmup):
-    return run[warmup:]
-
-
 def window_ratios(side, reference, interval):
     """Time ratios over consecutive windows of ``interval`` updates, each holding exactly one ESD pass.
 
@@ -344,12 +340,12 @@ def main():
     try:
         for r in range(args.repeat):
             results = run_sides(sides, args, paths, scratch / f"session-{r}")
-            for name, run in results.items():
-                pooled[name].extend(measured(run, args.warmup))
+            kept = {name: run[args.warmup:] for name, run in results.items()}   # start-up updates dropped
+            for name, run in kept.items():
+                pooled[name].extend(run)
             if is_main:
                 note(f"session {r + 1}/{args.repeat}: " + ", ".join(
-                    f"{name} {median([s for _, s in measured(run, args.warmup)]):.3f} s/update"
-                    for name, run in results.items()))
+                    f"{name} {median([s for _, s in run]):.3f} s/update" for name, run in kept.items()))
         rt = setup(args.device)
         costs = esd_and_group_costs(args, paths, rt, dtype, args.esd_repeat)
     finally:
