@@ -1,4 +1,4 @@
-"""Maps from per-module scores to per-module weight decays (ALGORITHM.md section 3).
+"""Maps from per-module scores to per-module weight decays (the paper's assignment functions, He et al. 2025; tb_linear_map is AlphaDecay's).
 
 All functions take plain Python floats and return plain floats so that every rank, given the same
 scores, computes the same decays bit for bit.

@@ -124,7 +124,7 @@ def _same_shape_runs(chunk: list[int], weights: list[torch.Tensor]) -> list[list
 
 
 def farms_eigenvalues(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Pooled, sorted eigenvalues of the square sub-windows of each weight (FARMS, ALGORITHM.md 8)."""
+    """Pooled, sorted eigenvalues of the square sub-windows of each weight (FARMS, Hu et al. 2025)."""
     windows, owner = [], []
     for idx, w in enumerate(weights):
         for sub in _square_windows(w):

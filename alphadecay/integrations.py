@@ -30,9 +30,8 @@ from .analysis import MODULE_TYPES, module_type
 
 
 def create_optimizer(policy, args, model=None):
-    """The optimizer ``Trainer`` would create from ``args``, over ``policy.param_groups()``.
-
-    Computes the initial assignment (the ESD of the initial weights), as training does before step 0.
+    """The optimizer ``Trainer`` would create from ``args``, over ``policy.param_groups()``, with the policy's
+    initial assignment (the ESD of the initial weights) written into it, as training does before step 0.
     """
     from transformers import Trainer
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model if model is not None else policy.model)
@@ -43,7 +42,9 @@ def create_optimizer(policy, args, model=None):
         raise ValueError(f"optim={args.optim!r} manages its own parameter groups, which would drop AlphaDecay's "
                          "per-module groups; use an AdamW/Adam/SGD-family optimizer")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("model", "weight_decay")}
-    return optimizer_cls(policy.param_groups(), **kwargs)
+    optimizer = optimizer_cls(policy.param_groups(), **kwargs)
+    policy.initial_assignment(optimizer)
+    return optimizer
 
 
 def summary(assignment) -> dict[str, float]:
@@ -82,7 +83,7 @@ class AlphaDecayCallback(TrainerCallback):
         self.log_summary = log_summary
         self.assignments = []
         self._pending: dict[str, float] | None = None
-        if policy.last is not None:  # the initial assignment, made by param_groups()
+        if policy.last is not None:  # the initial assignment, made by create_optimizer()
             self.assignments.append(policy.last)
             self._pending = summary(policy.last) if log_summary else None
 

@@ -5,7 +5,7 @@ works on all rows at once. Rows may have a different number of usable eigenvalue
 drops a different count per matrix); because the rows are sorted, the usable eigenvalues of a row
 are always a suffix ``[start_b, N)``, so ragged rows need no padding tricks, only a start index.
 
-Conventions (see ALGORITHM.md section 2): for a lower cutoff at index i of a row with N usable
+Conventions (the Hill estimator of the paper, He et al. 2025, and of WeightWatcher): for a lower cutoff at index i of a row with N usable
 eigenvalues, n = N - i and
 
     alpha = 1 + n / (sum_{j >= i} ln lambda_j - n ln lambda_i)

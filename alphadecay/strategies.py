@@ -1,8 +1,12 @@
-"""Weight-decay strategies behind one interface.
+"""Weight-decay strategies behind one interface (AlphaDecay and the baselines of He et al., 2025).
 
 Every strategy:
-  * ``param_groups()`` -> optimizer parameter groups; every parameter is in exactly one group and
-    every group has a ``name`` (a linear module's name, ``"other"`` or ``"all"``);
+  * ``param_groups()`` -> optimizer parameter groups at the current decays, and nothing else: every
+    parameter is in exactly one group and every group has a ``name`` (a linear module's name,
+    ``"other"`` or ``"all"``);
+  * ``initial_assignment(optimizer)`` -> the assignment before the first update (the paper starts from
+    the initial weights: decays for the module-wise strategies, the initial alphas for the record
+    for the others); writes the decays into the optimizer's groups and returns an :class:`Assignment`;
   * ``step(optimizer, step)`` -> called after backward and before ``optimizer.step()`` with the
     number of optimizer updates already applied; rewrites the groups' ``weight_decay`` at the
     strategy's cadence and returns an :class:`Assignment` when it did (else None);
@@ -83,7 +87,7 @@ class DecayStrategy:
         self.last_step: int | None = None
 
     # -- groups -------------------------------------------------------------------------------
-    def param_groups(self, initial_assignment: bool = True) -> list[dict]:
+    def param_groups(self) -> list[dict]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return [{"params": params, "weight_decay": self.weight_decay, "name": "all"}]
 
@@ -96,14 +100,22 @@ class DecayStrategy:
             return None
         return self.reassign(optimizer, step)
 
-    def reassign(self, optimizer: torch.optim.Optimizer | None, step: int) -> Assignment:
-        scores = score_modules(self.model, "alpha", self.linears, distributed=self.distributed, **self.analysis)
-        alphas = {n: s["alpha"] for n, s in scores.items()}
+    def reassign(self, optimizer: torch.optim.Optimizer | None, step: int, scores: dict | None = None) -> Assignment:
+        scores = scores if scores is not None else self._scores("alpha")
+        alphas = {n: scores[n]["alpha"] for n, _ in self.linears}
         return self._record(step, alphas, {}, "alpha")
 
-    def initial_assignment(self) -> Assignment:
-        """The assignment before the first update (logged as the run's first decay record)."""
-        return self.reassign(None, 0)
+    def initial_assignment(self, optimizer: torch.optim.Optimizer | None = None, *,
+                           scores: dict | None = None) -> Assignment:
+        """The assignment before the first update, from the initial weights (the run's first decay record).
+
+        ``scores``: a table from :func:`alphadecay.analyze` of the same model and options, reused instead of a
+        second ESD pass. With ``optimizer`` the decays are written into its named groups.
+        """
+        return self.reassign(optimizer, 0, scores)
+
+    def _scores(self, metric: str) -> dict:
+        return score_modules(self.model, metric, self.linears, distributed=self.distributed, **self.analysis)
 
     def _record(self, step, alphas, scores, metric) -> Assignment:
         self.last_step = step
@@ -121,8 +133,8 @@ class DecayStrategy:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("strategy") != self.name:
-            raise ValueError(f"checkpoint holds the state of strategy {state.get('strategy')!r}, "
-                             f"not {self.name!r}; resume with the same strategy flags")
+            raise ValueError(f"the checkpoint holds the state of strategy {state.get('strategy')!r}, not "
+                             f"{self.name!r}; resume with the same strategy flags (--strategy {state.get('strategy')})")
         self.decays = {n: float(v) for n, v in state["decays"].items()}
         self.last_step = None if state["last_step"] < 0 else int(state["last_step"])
 
@@ -168,10 +180,8 @@ class ModuleWise(DecayStrategy):
         self.remove_first_layer, self.remove_last_layer = remove_first_layer, remove_last_layer
         self.eigs_thresh, self.sigmoid_alpha = int(eigs_thresh), float(sigmoid_alpha)
 
-    def param_groups(self, initial_assignment: bool = True) -> list[dict]:
-        """One group per linear module plus ``other``; decays of the initial assignment when asked."""
-        if initial_assignment and self.last is None:
-            self.initial_assignment()
+    def param_groups(self) -> list[dict]:
+        """One group per linear module plus ``other``, at the current decays (no analysis here)."""
         groups, seen = [], set()
         for name, module in self.linears:
             params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
@@ -203,8 +213,10 @@ class ModuleWise(DecayStrategy):
             chosen.append(n)
         return chosen
 
-    def reassign(self, optimizer, step: int) -> Assignment:
-        scores = score_modules(self.model, self.metric, self.linears, distributed=self.distributed, **self.analysis)
+    def reassign(self, optimizer, step: int, scores: dict | None = None) -> Assignment:
+        if scores is not None and self.metric == "gradnorm":
+            raise ValueError("gradnorm scores come from the gradients; call initial_assignment without scores")
+        scores = scores if scores is not None else self._scores(self.metric)
         chosen = self.balanced(scores)
         values = assign(self.assign_func, [scores[n][self.metric] for n in chosen], self.weight_decay,
                         layers=[_layer_of(n) for n in chosen], wd_min_ratio=self.wd_min_ratio,
@@ -213,8 +225,8 @@ class ModuleWise(DecayStrategy):
         self.decays.update(zip(chosen, values))
         if optimizer is not None:
             self.write(optimizer)
-        alphas = {n: s["alpha"] for n, s in scores.items() if "alpha" in s}
-        metric_scores = {n: s[self.metric] for n, s in scores.items()}
+        alphas = {n: scores[n]["alpha"] for n, _ in self.linears if "alpha" in scores[n]}
+        metric_scores = {n: scores[n][self.metric] for n, _ in self.linears}
         return self._record(step, alphas, metric_scores, self.metric)
 
 
@@ -266,7 +278,7 @@ class AWD(DecayStrategy):
         self.lambda_bar = 0.0
         self.decays = {n: self.lambda_awd for n in self.decays}
 
-    def param_groups(self, initial_assignment: bool = True) -> list[dict]:
+    def param_groups(self) -> list[dict]:
         groups = super().param_groups()
         groups[0]["weight_decay"] = self.lambda_awd
         return groups

@@ -120,6 +120,12 @@ class _BatonBar:
     def close(self):
         pass
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
 
 def ours_run(args, paths, save_dir, baton, strategy="uniform", interval=500) -> list[tuple[float, float]] | None:
     """(non-pad tokens, seconds) of every update of one ``train()`` run (rank 0; None elsewhere)."""
@@ -152,7 +158,8 @@ def baseline_run(args, paths, baton) -> list[tuple[float, float]] | None:
     model = build_model(args.model_config, dtype=dtype, device=rt.device, seed=settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = build_scheduler(settings, optimizer)
+    scheduler = build_scheduler(optimizer, settings.scheduler, total=settings.num_training_steps,
+                                warmup=settings.warmup_steps, min_ratio=settings.min_lr_ratio)
     net = model
     if rt.distributed:
         net = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
@@ -266,8 +273,10 @@ def esd_and_group_costs(args, paths, rt, dtype, repeat: int) -> dict:
     uni = parse_args(loop_argv(args, paths, scratch, "uniform"), world_size=rt.world_size)
     model = build_model(args.model_config, dtype=dtype, device=rt.device, seed=ad.seed)
     strategy = strategy_from_args(ad, model)
-    opt_ad = build_optimizer(ad, strategy.param_groups(), rt.device)
-    opt_uni = build_optimizer(uni, strategy_from_args(uni, model).param_groups(), rt.device)
+    opt_ad = build_optimizer(ad.optimizer, strategy.param_groups(), lr=ad.lr, device=rt.device)
+    strategy.initial_assignment(opt_ad)
+    opt_uni = build_optimizer(uni.optimizer, strategy_from_args(uni, model).param_groups(), lr=uni.lr,
+                              device=rt.device)
     g = torch.Generator(device=rt.device).manual_seed(0)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=g, device=rt.device, dtype=p.dtype) * 1e-3

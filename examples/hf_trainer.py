@@ -3,21 +3,19 @@
     python examples/hf_trainer.py                       # tiny LLaMA, built-in text, 40 steps
     python examples/hf_trainer.py --text my.txt --max_steps 200 --output_dir runs/hf_demo
 
-Needs ``accelerate`` (required by transformers.Trainer). The text is tokenised as raw bytes, so the
+Needs the package installed (``pip install -e .[train]`` or ``pip install -r requirements.txt``) and
+``accelerate`` (required by transformers.Trainer). The text is tokenised as raw bytes, so the
 example needs no tokenizer download; with a real model use its tokenizer instead.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
-import alphadecay  # noqa: E402
-from alphadecay.integrations import AlphaDecayCallback, create_optimizer  # noqa: E402
+import alphadecay
+from alphadecay.integrations import AlphaDecayCallback, create_optimizer
 
 TEXT = """Heavy-tailed self-regularization theory says that the empirical spectral density of a weight
 matrix shows how much it has learned: a heavier tail, a smaller power-law exponent alpha, means
@@ -64,7 +62,7 @@ def main(argv=None):
 
     # --- the AlphaDecay part ---------------------------------------------------------------------
     policy = alphadecay.AlphaDecay(model, weight_decay=args.weight_decay, update_every=args.update_every)
-    optimizer = create_optimizer(policy, training_args)   # per-module groups, initial decays from the ESD
+    optimizer = create_optimizer(policy, training_args)   # per-module groups + policy.initial_assignment()
     callback = AlphaDecayCallback(policy)                 # reassigns every update_every steps, logs per-type means
     trainer = Trainer(model=model, args=training_args, train_dataset=ByteBlocks(text, 64),
                       optimizers=(optimizer, None), callbacks=[callback])

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alphadecay.metrics import read_metrics
+
 DEFAULT_PAPER = os.environ.get("ALPHADECAY_PAPER_TABLES",
                                str(Path(__file__).resolve().parents[2] / "shared" / "paper" / "tables.json"))
 OPT_LABEL = {"adam": "Adam", "adamw": "AdamW"}
@@ -61,33 +63,11 @@ class Run:
 
 
 def read_run(metrics_file: str) -> Run:
-    folder = os.path.dirname(os.path.abspath(metrics_file))
-    config, model_info, final = None, {}, None
-    train, evals = {}, {}
-    bad_lines = 0
-    with open(metrics_file, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)   # accepts NaN / Infinity tokens too
-            except ValueError:
-                bad_lines += 1           # e.g. a line cut by a kill
-                continue
-            if not isinstance(rec, dict):
-                bad_lines += 1
-                continue
-            kind = rec.get("type")
-            if kind == "config":
-                config = rec.get("config") or {}
-                model_info = rec.get("model") or model_info
-            elif kind == "train":
-                train[rec.get("step")] = rec          # the last record of a step wins (resumed runs)
-            elif kind == "eval":
-                evals[rec.get("step")] = rec
-            elif kind == "final":
-                final = rec
+    log = read_metrics(metrics_file)
+    folder, config, model_info, final = log.folder, log.config, log.model, log.last("final")
+    train = {r["step"]: r for r in log.records.get("train", [])}
+    evals = {r["step"]: r for r in log.records.get("eval", [])}
+    bad_lines = log.bad_lines
     if config is None:
         return Run(folder, {}, {}, None, "unreadable", "no config record in metrics.jsonl")
     run = Run(folder, config, model_info, final, "finished")

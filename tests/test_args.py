@@ -2,7 +2,7 @@
 import pytest
 
 from alphadecay.training.args import parse_args
-from alphadecay.training.errors import ConfigError
+from alphadecay.errors import ConfigError
 from alphadecay.training.optim import lr_lambda
 
 from conftest import REPO

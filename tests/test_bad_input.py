@@ -119,6 +119,116 @@ def case_eval_finds_no_tokens(tmp, a):
     return replace(a, "--eval_dataset_path", path), "no tokens"
 
 
+def config_like(tmp, name, **change):
+    cfg = json.loads((REPO / "configs" / "llama_9m.json").read_text())
+    for k, v in change.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    return write(tmp / name, json.dumps(cfg))
+
+
+def case_eval_batch_size_zero(tmp, a):
+    return a + ["--eval_batch_size", "0"], "--eval_batch_size must be positive"
+
+
+def case_negative_save_every(tmp, a):
+    return replace(a, "--save_every", -1), "--save_every must be >= 0"
+
+
+def case_negative_eval_every(tmp, a):
+    return replace(a, "--eval_every", -5), "--eval_every must be >= 0"
+
+
+def case_log_every_zero(tmp, a):
+    return a + ["--log_every", "0"], "--log_every must be >= 1"
+
+
+def case_negative_keep_last(tmp, a):
+    return a + ["--keep_last_checkpoints", "-2"], "--keep_last_checkpoints must be >= 0"
+
+
+def case_negative_alpha_every(tmp, a):
+    return a + ["--alpha_every", "-1"], "--alpha_every must be >= 0"
+
+
+def case_negative_eigs_thresh(tmp, a):
+    return a + ["--eigs_thresh", "-3"], "--eigs_thresh must be >= 0"
+
+
+def case_gradient_accumulation_zero(tmp, a):
+    return a + ["--gradient_accumulation", "0"], "--gradient_accumulation must be >= 1"
+
+
+def case_total_batch_size_zero(tmp, a):
+    return a + ["--total_batch_size", "0"], "--total_batch_size must be positive"
+
+
+def case_warmup_beyond_training(tmp, a):
+    return replace(a, "--warmup_steps", 10), "--warmup_steps 10 is beyond --num_training_steps 2"
+
+
+def case_max_length_beyond_positions(tmp, a):
+    return replace(a, "--max_length", 100000), "beyond the model's"
+
+
+def case_max_length_one(tmp, a):
+    return replace(a, "--max_length", 1), "--max_length must be at least 2"
+
+
+def case_unknown_device(tmp, a):
+    return a + ["--device", "gpu"], "--device 'gpu'"
+
+
+def case_nan_lr(tmp, a):
+    return replace(a, "--lr", "nan"), "--lr must be positive and finite"
+
+
+def case_negative_lr(tmp, a):
+    return replace(a, "--lr", "-0.1"), "--lr must be positive"
+
+
+def case_infinite_ratio(tmp, a):
+    return a + ["--wd_max_ratio", "inf"], "--wd_max_ratio must be"
+
+
+def case_min_lr_ratio_above_one(tmp, a):
+    return a + ["--min_lr_ratio", "2"], "--min_lr_ratio must be in [0, 1]"
+
+
+def case_negative_workers(tmp, a):
+    return replace(a, "--workers", -1), "--workers must be >= 0"
+
+
+def case_head_size_not_dividing(tmp, a):
+    return replace(a, "--model_config", config_like(tmp, "heads.json", hidden_size=100, num_attention_heads=3)), \
+        "rejected by transformers"
+
+
+def case_unknown_config_key(tmp, a):
+    cfg = config_like(tmp, "typo.json", num_hidden_layers=None, num_hidden_layer=2)
+    return replace(a, "--model_config", cfg), "unknown key(s) num_hidden_layer"
+
+
+def case_non_causal_model(tmp, a):
+    cfg = write(tmp / "bert.json", json.dumps({"model_type": "bert", "hidden_size": 64}))
+    return replace(a, "--model_config", cfg), "not a causal language model"
+
+
+def case_tokenizer_larger_than_vocabulary(tmp, a):
+    return replace(a, "--model_config", config_like(tmp, "small_vocab.json", vocab_size=1000)), \
+        "does not fit the model's 1000 embeddings"
+
+
+def case_missing_eval_data(tmp, a):
+    return replace(a, "--eval_dataset_path", tmp / "no-eval"), "--eval_dataset_path"
+
+
+def case_overwrite_and_continue(tmp, a):
+    return a + ["--overwrite", "--continue_from", "latest"], "pass only one of them"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
@@ -158,3 +268,101 @@ def test_non_utf8_documents_are_skipped_and_counted(tmp_path, caplog):
     assert "not valid UTF-8" in caplog.text
     from trainutil import records
     assert records(tmp_path / "run", "final")[0]["skipped_documents"] >= 1
+
+
+def last_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.replace("\r", "\n").splitlines() if line.strip()][-1]
+
+
+def test_a_new_run_never_overwrites_another(tmp_path, capsys):
+    argv = tiny_run_flags(tmp_path / "run", steps=2) + data_flags(DATA_DIR)
+    assert run_main(argv) == 0
+    first = (tmp_path / "run" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert run_main(argv) == 2
+    last = last_error(capsys)
+    assert "already holds a run" in last and "--continue_from latest" in last and "--overwrite" in last
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == first          # nothing appended, nothing lost
+    assert run_main(argv + ["--overwrite"]) == 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_text() == first and (aside[0] / "model_2").is_dir()
+    assert len([line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                if '"type": "config"' in line]) == 1
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory):
+    """A finished 2-update AlphaDecay run with Adam (copied per test before damaging it)."""
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    assert run_main(tiny_run_flags(run, steps=2, strategy="alphadecay", unbalancedWD_every=1)
+                    + data_flags(DATA_DIR)) == 0
+    return run
+
+
+def resume_argv(run, **over):
+    flags = {"steps": 4, "strategy": "alphadecay", "unbalancedWD_every": 1, "continue_from": run / "model_2", **over}
+    return tiny_run_flags(run, **flags) + data_flags(DATA_DIR)
+
+
+@pytest.mark.parametrize("damage, over, expected", [
+    ("weights", {}, "are damaged"),
+    ("state", {}, "cannot be loaded safely"),
+    (None, {"strategy": "uniform"}, "--strategy alphadecay"),
+    (None, {"optimizer": "adamw"}, "resume with --optimizer adam"),
+])
+def test_damaged_or_mismatched_checkpoints(tmp_path, capsys, checkpoint_run, damage, over, expected):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_run, run)
+    if damage:
+        f = run / "model_2" / ("model.safetensors" if damage == "weights" else "training_state.pt")
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    assert run_main(resume_argv(run, **over)) == 2
+    assert expected in last_error(capsys)
+
+
+def test_eval_only_uses_the_checkpoints_own_config(tmp_path, capsys, checkpoint_run):
+    argv = tiny_run_flags(tmp_path / "eval", model_config=REPO / "configs" / "llama_20m.json",
+                          continue_from=checkpoint_run / "model_2", eval_only="") + data_flags(DATA_DIR)
+    assert run_main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["eval_loss"] > 0
+
+
+def test_a_failed_save_keeps_the_previous_checkpoints(tmp_path, capsys, monkeypatch):
+    import errno
+    from alphadecay.training import checkpoint
+    real, calls = checkpoint.torch.save, []
+
+    def disk_full(obj, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, path, *a, **k)
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    assert run_main(tiny_run_flags(tmp_path / "run", steps=3, save_every=1) + data_flags(DATA_DIR)) == 2
+    last = last_error(capsys)
+    assert "No space left on device" in last and "GB needed" in last and str(tmp_path / "run") in last
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(("model_", ".tmp"))) == ["model_1"]
+
+
+def test_analyze_checks_arguments_before_the_esd(tmp_path, capsys, monkeypatch):
+    from alphadecay.cli import analyze, main as cli_main
+    from conftest import tiny_llama
+    path = tmp_path / "m"
+    tiny_llama().save_pretrained(path)
+    monkeypatch.setattr(analyze, "load_model", lambda p: (_ for _ in ()).throw(AssertionError("loaded")))
+    for argv, expected in ([["--weight_decay", "-1"], "--weight_decay must be >= 0"],
+                           [["--json", str(tmp_path / "no" / "x.json")], "--json"],
+                           [["--plot", str(path / "config.json")], "--plot"],
+                           [["--xmin_pos", "0.5"], "--xmin_pos must be >= 1"],
+                           [["--wd_min_ratio", "4"], "--wd_min_ratio"],
+                           [["--pl_fitting", "nope"], "invalid choice"]):
+        try:
+            code = cli_main(["analyze", str(path), *argv])
+        except SystemExit as e:
+            code = e.code
+        assert code == 2, argv
+        last = last_error(capsys)
+        assert last.startswith("error: ") and expected in last, (argv, last)

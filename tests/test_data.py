@@ -11,7 +11,7 @@ import torch
 from alphadecay.training.data import (TrainBatches, load_documents, load_tokenizer, make_train_loader,
                                       resolve_data_files)
 from alphadecay.training.eval_data import eval_batches
-from alphadecay.training.errors import ConfigError
+from alphadecay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ALPHADECAY_DATA_DIR", REPO.parent / "shared" / "data"))

@@ -13,6 +13,7 @@ import torch
 
 from alphadecay.training import checkpoint
 from conftest import DATA_DIR, REPO
+from faults import NanAt
 from trainutil import data_flags, records, run_cli, run_main, tiny_run_flags
 
 pytestmark = pytest.mark.usefixtures("c4_dir", "t5_dir")
@@ -87,7 +88,7 @@ def test_keep_last_k(tmp_path):
 
 def test_nan_on_one_rank_stops_all_ranks_without_a_poisoned_checkpoint(tmp_path):
     argv = tiny_run_flags(tmp_path, steps=6, save_every=1) + data_flags(DATA_DIR)
-    proc = run_cli(argv, nproc=2, env={"ALPHADECAY_FAULT_NAN_STEP": "3:1"}, check=False)
+    proc = run_cli(argv, nproc=2, faults=["nan=3:1"], check=False)
     assert proc.returncode != 0
     assert "non-finite loss at update 3" in proc.stderr
     assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [1, 2]
@@ -96,11 +97,7 @@ def test_nan_on_one_rank_stops_all_ranks_without_a_poisoned_checkpoint(tmp_path)
 
 def test_nan_skip_mode_skips_the_update(tmp_path):
     argv = tiny_run_flags(tmp_path, steps=5, on_nonfinite="skip") + data_flags(DATA_DIR)
-    os.environ["ALPHADECAY_FAULT_NAN_STEP"] = "3"
-    try:
-        assert run_main(argv) == 0
-    finally:
-        del os.environ["ALPHADECAY_FAULT_NAN_STEP"]
+    assert run_main(argv, [NanAt(3)]) == 0
     final = records(tmp_path, "final")[0]
     assert final["skipped_updates"] == 1 and final["step"] == 5
     assert all(r["loss"] is not None for r in records(tmp_path, "train"))
@@ -135,7 +132,7 @@ def test_wandb_failures_warn_once_and_never_stop_training(tmp_path, monkeypatch)
         def log(self, *a, **k):
             raise ConnectionError("upload failed")
 
-        def finish(self):
+        def finish(self, exit_code=0):
             raise ConnectionError("upload failed")
     monkeypatch.setattr(wandb, "init", lambda *a, **k: BrokenRun())
     argv = [a for a in tiny_run_flags(tmp_path, steps=3) if a != "--no_wandb"] + data_flags(DATA_DIR)

@@ -4,6 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import DATA_DIR
+from faults import StopAfter
 from trainutil import data_flags, records, run_cli, run_main, tiny_run_flags
 
 pytestmark = pytest.mark.usefixtures("c4_dir", "t5_dir")
@@ -40,12 +41,7 @@ def test_resume_is_bit_exact(tmp_path, case):
     assert run_main(tiny_run_flags(full, steps=steps, **case) + data_flags(DATA_DIR)) == 0
     # The first leg is a run to k with the same schedule (same --num_training_steps), saved at k.
     stopped = tiny_run_flags(part, steps=steps, save_every=k, **case) + data_flags(DATA_DIR)
-    import os
-    os.environ["ALPHADECAY_STOP_AFTER"] = str(k)
-    try:
-        assert run_main(stopped) == 0
-    finally:
-        del os.environ["ALPHADECAY_STOP_AFTER"]
+    assert run_main(stopped, [StopAfter(k)]) == 0
     assert not (part / f"model_{steps}").exists() and (part / f"model_{k}").is_dir()
     assert run_main(tiny_run_flags(part, steps=steps, continue_from=part / f"model_{k}", **case)
                     + data_flags(DATA_DIR)) == 0
@@ -58,6 +54,6 @@ def test_two_rank_resume_is_bit_exact(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run_cli(tiny_run_flags(full, steps=steps, **case) + data_flags(DATA_DIR), nproc=2)
     run_cli(tiny_run_flags(part, steps=steps, save_every=k, **case) + data_flags(DATA_DIR), nproc=2,
-            env={"ALPHADECAY_STOP_AFTER": str(k)})
+            faults=[f"stop_after={k}"])
     run_cli(tiny_run_flags(part, steps=steps, continue_from="latest", **case) + data_flags(DATA_DIR), nproc=2)
     assert_same_run(full, part, steps, k)

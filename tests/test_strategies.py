@@ -27,10 +27,38 @@ def test_every_parameter_in_exactly_one_group(name):
     assert all("name" in g for g in groups)
 
 
+def assigned(policy):
+    """The decays per group after the two calls every strategy takes: param_groups, initial_assignment."""
+    opt = torch.optim.AdamW(policy.param_groups(), lr=1e-3)
+    policy.initial_assignment(opt)
+    return {g["name"]: g["weight_decay"] for g in opt.param_groups}
+
+
+@pytest.mark.parametrize("name", ["none", "uniform", "alphadecay", "awd", "adadecay"])
+def test_param_groups_only_group_and_initial_assignment_is_explicit(name, monkeypatch):
+    import alphadecay.strategies as strategies
+    model = tiny_llama()
+    policy = build_strategy(name, model, WD)
+
+    def no_analysis(*a, **k):
+        raise AssertionError("param_groups ran an analysis")
+    monkeypatch.setattr(strategies, "score_modules", no_analysis)
+    opt = torch.optim.AdamW(policy.param_groups(), lr=1e-3)
+    assert policy.last is None
+    monkeypatch.undo()
+    a = policy.initial_assignment(opt)
+    assert a.step == 0 and policy.last is a and set(a.module_weight_decay) == {n for n, _ in policy.linears}
+    assert len(a.module_alpha) == (0 if name == "adadecay" else len(policy.linears))   # AdaDecay: gradient norms
+    assert policy.step(opt, 0) is None            # step 0 is the initial assignment, not repeated
+    by_name = {g["name"]: g["weight_decay"] for g in opt.param_groups}
+    if name in ("alphadecay",):
+        assert len(set(by_name.values())) > 2 and by_name == {**a.module_weight_decay, "other": WD}
+
+
 def test_alphadecay_mapping_endpoints_match_the_paper():
     model = tiny_llama(layers=3, hidden=96, inter=256)
     policy = alphadecay.AlphaDecay(model, weight_decay=WD, wd_min_ratio=0.6666, wd_max_ratio=3.0, update_every=500)
-    groups = {g["name"]: g["weight_decay"] for g in policy.param_groups()}
+    groups = assigned(policy)
     stats = alphadecay.analyze(model)
     names = list(stats)
     balanced = names[1:-1]   # first Linear (layers.0 q_proj) and lm_head are left out
@@ -50,6 +78,7 @@ def test_step_cadence_and_optimizer_writes():
     model = tiny_llama()
     policy = AlphaDecay(model, WD, update_every=3)
     opt = torch.optim.AdamW(policy.param_groups(), lr=1e-3)
+    policy.initial_assignment(opt)
     assert policy.last.step == 0
     seen = []
     for step in range(7):
@@ -57,7 +86,7 @@ def test_step_cadence_and_optimizer_writes():
         if policy.step(opt, step) is not None:
             seen.append(step)
         opt.step(); opt.zero_grad()
-    assert seen == [3, 6]      # step 0 was assigned at construction
+    assert seen == [3, 6]      # step 0 was the initial assignment
     by_name = {g["name"]: g["weight_decay"] for g in opt.param_groups}
     assert by_name == {**policy.decays, "other": WD}
 
@@ -76,6 +105,7 @@ def test_awd_follows_the_release():
     model = tiny_llama()
     awd = AWD(model, WD)
     opt = torch.optim.Adam(awd.param_groups(), lr=1e-3)
+    awd.initial_assignment(opt)
     assert opt.param_groups[0]["weight_decay"] == 100 * WD     # the release's 100x scaling
     model(torch.randint(0, 500, (2, 16)), labels=torch.randint(0, 500, (2, 16))).loss.backward()
     g = math.sqrt(sum(p.grad.double().norm() ** 2 for p in model.parameters()))
@@ -91,6 +121,7 @@ def test_adadecay_uses_gradnorm_within_blocks():
     model = tiny_llama(layers=2)
     ada = AdaDecay(model, WD, update_every=1)
     opt = torch.optim.Adam(ada.param_groups(), lr=1e-3)
+    ada.initial_assignment(opt)
     assert {g["weight_decay"] for g in opt.param_groups} == {WD}     # no gradients yet: uniform
     model(torch.randint(0, 500, (2, 16)), labels=torch.randint(0, 500, (2, 16))).loss.backward()
     a = ada.step(opt, 1)
@@ -104,7 +135,7 @@ def test_adadecay_uses_gradnorm_within_blocks():
 def test_state_round_trip_restores_decays_and_awd():
     model = tiny_llama()
     policy = AlphaDecay(model, WD)
-    policy.param_groups()
+    policy.initial_assignment()
     state = policy.state_dict()
     torch.save(state, "/tmp/_ad_state.pt")
     loaded = torch.load("/tmp/_ad_state.pt", weights_only=True)
@@ -139,27 +170,27 @@ def test_nan_and_small_modules_keep_base_decay():
         model.model.layers[1].self_attn.k_proj.weight.fill_(float("nan"))
         model.model.layers[1].mlp.up_proj.weight.zero_()
     policy = AlphaDecay(model, WD)
-    decays = {g["name"]: g["weight_decay"] for g in policy.param_groups()}
+    decays = assigned(policy)
     assert decays["model.layers.1.self_attn.k_proj"] == WD
     assert decays["model.layers.1.mlp.up_proj"] == WD
     assert all(math.isfinite(v) for v in decays.values())
     # eigs_thresh: with 64-dim modules and a threshold of 100 nothing is balanced.
     strict = AlphaDecay(model, WD, eigs_thresh=100)
-    assert {g["weight_decay"] for g in strict.param_groups()} == {WD}
+    assert set(assigned(strict).values()) == {WD}
 
 
 @pytest.mark.parametrize("assign_func", ["tb_sqrt", "tb_log2"])
 def test_other_assign_funcs_average_to_base(assign_func):
     model = tiny_llama()
     policy = AlphaDecay(model, WD, assign_func=assign_func)
-    policy.param_groups()
+    policy.initial_assignment()
     balanced = [policy.decays[n] for n, _ in policy.linears[1:-1]]
     assert math.isclose(sum(balanced) / len(balanced), WD, rel_tol=1e-6)
 
 
 def test_bf16_model():
     model = tiny_llama().to(torch.bfloat16)
-    decays = [g["weight_decay"] for g in AlphaDecay(model, WD).param_groups()]
+    decays = list(assigned(AlphaDecay(model, WD)).values())
     assert max(decays) == 3.0 * WD and all(math.isfinite(d) for d in decays)
 
 

@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 
 import alphadecay
-import alphadecay.analyze  # noqa: F401  (the import that used to shadow the analyze function)
-from alphadecay import analyze as analyze_cli
-from alphadecay import plot_runs
 from alphadecay.analysis import analyze as analyze_fn
+from alphadecay.cli import main as cli_main
+from alphadecay.cli import plot_runs
 
 from conftest import REPO, tiny_llama
 
@@ -48,7 +47,7 @@ def same(stats_row, json_row):
 def test_analyze_cli_json_csv_plots(saved_model, tmp_path):
     model, path = saved_model
     out = tmp_path / "plots"
-    proc = subprocess.run([sys.executable, "-m", "alphadecay.analyze", str(path), "--json", "-",
+    proc = subprocess.run([sys.executable, "-m", "alphadecay", "analyze", str(path), "--json", "-",
                            "--csv", str(tmp_path / "t.csv"), "--plot", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -60,7 +59,7 @@ def test_analyze_cli_json_csv_plots(saved_model, tmp_path):
         same(row, report["modules"][name])
     # The decays are those AlphaDecay assigns at the start of training with the same defaults.
     policy = alphadecay.AlphaDecay(model, 1e-5, wd_min_ratio=0.6666, wd_max_ratio=3.0)
-    policy.param_groups()
+    policy.initial_assignment()
     assert {n: r["weight_decay"] for n, r in report["modules"].items()} == policy.decays
     first, last = next(iter(report["modules"].values())), report["modules"]["lm_head"]
     assert not first["balanced"] and not last["balanced"] and first["weight_decay"] == 1e-5
@@ -82,7 +81,7 @@ def test_analyze_options_follow_analyze(saved_model, tmp_path):
     """Estimator flags reach the analysis: FARMS + goodness-of-fit in float64 match analyze() with them."""
     model, path = saved_model
     dest = tmp_path / "r.json"
-    rc = analyze_cli.main([str(path), "-q", "--json", str(dest), "--farms", "--pl_fitting", "goodness-of-fit",
+    rc = cli_main(["analyze", str(path), "-q", "--json", str(dest), "--farms", "--pl_fitting", "goodness-of-fit",
                            "--float64", "--remove_first_layer", "false", "--modules", "lm_head",
                            "--plot", str(tmp_path / "p")])
     assert rc == 0
@@ -96,21 +95,21 @@ def test_analyze_options_follow_analyze(saved_model, tmp_path):
 
 def test_analyze_bad_path_is_one_line_exit_2(tmp_path, capsys):
     missing = tmp_path / "no_such_model"
-    proc = subprocess.run([sys.executable, "-m", "alphadecay.analyze", str(missing)],
+    proc = subprocess.run([sys.executable, "-m", "alphadecay", "analyze", str(missing)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: no model found at {missing}"), proc.stderr
     assert "save_pretrained" in lines[0] and proc.stdout == ""
     # A folder that exists but holds no model is reported the same way.
-    assert analyze_cli.main([str(tmp_path)]) == 2
+    assert cli_main(["analyze", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no config.json" in err[0]
 
 
-def test_importing_the_submodule_keeps_analyze_callable():
-    # `import alphadecay.analyze` binds the submodule to the package attribute `analyze`.
-    import alphadecay.analyze  # noqa: F811
+def test_analyze_is_a_plain_function():
+    import types
+    assert isinstance(alphadecay.analyze, types.FunctionType) and alphadecay.analyze is analyze_fn
     model = tiny_llama(layers=1)
     stats = alphadecay.analyze(model, xmin_pos=4)
     assert stats == analyze_fn(model, xmin_pos=4)
@@ -158,7 +157,7 @@ def test_plot_runs(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == expected
     for name in expected:
         assert_png(out / name)
-    assert plot_runs.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert cli_main(["plot-runs", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 

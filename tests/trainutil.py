@@ -17,7 +17,7 @@ def data_flags(data_dir: Path) -> list[str]:
 
 def tiny_run_flags(save_dir, steps=20, **over) -> list[str]:
     flags = {"--model_config": str(REPO / "configs" / "llama_9m.json"), "--batch_size": "4", "--max_length": "64",
-             "--num_training_steps": str(steps), "--warmup_steps": "2", "--lr": "3e-3", "--eval_every": "0",
+             "--num_training_steps": str(steps), "--warmup_steps": str(min(2, steps)), "--lr": "3e-3", "--eval_every": "0",
              "--target_eval_tokens": "3000", "--save_every": "1000", "--workers": "0", "--save_dir": str(save_dir),
              "--dtype": "float32", "--seed": "1"}
     flags.update({k if k.startswith("--") else "--" + k: str(v) for k, v in over.items()})
@@ -27,17 +27,21 @@ def tiny_run_flags(save_dir, steps=20, **over) -> list[str]:
     return out + ["--no_wandb"]
 
 
-def run_main(argv) -> int:
+def run_main(argv, callbacks=()) -> int:
     from alphadecay.training.loop import main
-    return main(argv)
+    return main(argv, callbacks)
 
 
-def run_cli(argv, nproc=None, env=None, timeout=600, check=True):
-    """Run torchrun_main.py in a fresh process (under torchrun when nproc is given)."""
+def run_cli(argv, nproc=None, env=None, timeout=600, check=True, faults=()):
+    """Run torchrun_main.py in a fresh process (under torchrun when nproc is given); ``faults`` (see
+    faults.parse, e.g. "nan=3:1") run it through tests/dist/train_with_faults.py instead."""
     cmd = [sys.executable]
     if nproc:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += [str(REPO / "torchrun_main.py"), *argv]
+    if faults:
+        cmd += [str(REPO / "tests" / "dist" / "train_with_faults.py"), *faults, "--", *argv]
+    else:
+        cmd += [str(REPO / "torchrun_main.py"), *argv]
     full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

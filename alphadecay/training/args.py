@@ -5,12 +5,13 @@ import argparse
 import json
 import math
 import os
+import re
 
 from ..cli import parse_bool
 from ..assign import ASSIGN_FUNCS
 from ..powerlaw import PL_FITTINGS
 from ..strategies import ESD_METRICS, STRATEGIES
-from .errors import ConfigError
+from ..errors import ConfigError, one_line
 
 
 def _token_count(text: str) -> int:
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--unbalancedWD_every", type=int, default=500, help="reassign module-wise decays every N updates")
     w.add_argument("--esd_metric_for_tb", default="alpha", choices=ESD_METRICS, help="score that drives the decays")
     w.add_argument("--assign_func", default="tb_linear_map", choices=ASSIGN_FUNCS, help="score -> decay map")
-    w.add_argument("--wd_min_ratio", type=float, default=0.666, help="decay of the smallest score, x wd")
+    w.add_argument("--wd_min_ratio", type=float, default=0.6666, help="decay of the smallest score, x wd")
     w.add_argument("--wd_max_ratio", type=float, default=3.0, help="decay of the largest score, x wd")
     w.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS, help="xmin selection for the Hill fit")
     w.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save_dir", default=None, help="run folder: checkpoints and metrics.jsonl "
                    "(default checkpoints/<name>)")
     e.add_argument("--keep_last_checkpoints", type=int, default=0, help="keep only the newest K checkpoints (0 = all)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a --save_dir that holds another run: that run is moved aside to "
+                        "<save_dir>.replaced-<time>, not deleted (without it such a start is an error)")
     e.add_argument("--continue_from", default=None,
                    help="resume the full training state from a checkpoint folder, or 'latest' for the newest "
                         "complete checkpoint in --save_dir")
@@ -152,29 +156,95 @@ def resolve_strategy(args) -> str:
     return args.strategy
 
 
-def validate(args, world_size: int = 1):
-    """Check everything that can be checked before any work; raise ConfigError with a one-line fix."""
-    _require(os.path.isfile(args.model_config),
-             f"model config {args.model_config!r} not found; pass --model_config configs/llama_60m.json or another file")
+# (flag, test, what it must be). 0 means "off" only where the flag's help says so.
+_NUMBER_RULES = [
+    ("lr", lambda v: v > 0, "positive"), ("batch_size", lambda v: v > 0, "positive"),
+    ("max_length", lambda v: v > 1, "at least 2 (a sequence must predict a token)"),
+    ("num_training_steps", lambda v: v > 0, "positive"), ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("warmup_steps", lambda v: v >= 0, ">= 0"), ("unbalancedWD_every", lambda v: v >= 1, ">= 1"),
+    ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"), ("xmin_pos", lambda v: v >= 1, ">= 1"),
+    ("grad_clipping", lambda v: v >= 0, ">= 0 (0 = off)"), ("workers", lambda v: v >= 0, ">= 0"),
+    ("target_eval_tokens", lambda v: v > 0, "positive"), ("eigs_thresh", lambda v: v >= 0, ">= 0"),
+    ("eval_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    ("save_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    ("keep_last_checkpoints", lambda v: v >= 0, ">= 0 (0 = keep all)"), ("log_every", lambda v: v >= 1, ">= 1"),
+    ("alpha_every", lambda v: v is None or v >= 0, ">= 0 (0 = only at the start)"),
+    ("eval_batch_size", lambda v: v is None or v > 0, "positive"),
+    ("total_batch_size", lambda v: v is None or v > 0, "positive"),
+    ("gradient_accumulation", lambda v: v is None or v >= 1, ">= 1"),
+    ("wd_min_ratio", lambda v: v >= 0, ">= 0"), ("wd_max_ratio", lambda v: v >= 0, ">= 0"),
+]
+
+
+def _check_numbers(args) -> None:
+    for flag, ok, need in _NUMBER_RULES:
+        value = getattr(args, flag)
+        finite = not isinstance(value, float) or math.isfinite(value)
+        _require(finite and ok(value), f"--{flag} must be {need} and finite, got {value}; pass a valid value")
+    _require(args.wd_min_ratio <= args.wd_max_ratio,
+             f"need 0 <= --wd_min_ratio <= --wd_max_ratio, got {args.wd_min_ratio} and {args.wd_max_ratio}")
+    _require(args.warmup_steps <= args.num_training_steps,
+             f"--warmup_steps {args.warmup_steps} is beyond --num_training_steps {args.num_training_steps}; "
+             f"warm up for fewer updates")
+    _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device or "") is not None,
+             f"--device {args.device!r} is not one of auto, cpu, cuda, cuda:N; pass one of them")
+
+
+# Keys every transformers config may carry beyond its class's own attributes.
+_GENERIC_CONFIG_KEYS = {"architectures", "model_type", "transformers_version", "_name_or_path", "torch_dtype", "dtype"}
+
+
+def check_model_config(path: str, max_length: int | None = None):
+    """The transformers config of a model file, or a ConfigError naming what is wrong with it."""
+    _require(os.path.isfile(path), f"model config {path!r} not found; pass --model_config configs/llama_60m.json "
+                                   f"or another file")
     try:
-        with open(args.model_config) as f:
+        with open(path) as f:
             cfg = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"model config {args.model_config!r} is not valid JSON ({e}); fix the file") from None
-    _require(isinstance(cfg, dict) and "model_type" in cfg,
-             f"model config {args.model_config!r} has no 'model_type'; copy one from configs/")
-    for flag in ("lr", "batch_size", "max_length", "num_training_steps"):
-        _require(getattr(args, flag) > 0, f"--{flag} must be positive, got {getattr(args, flag)}")
-    _require(args.weight_decay >= 0, f"--weight_decay must be >= 0, got {args.weight_decay}")
-    _require(args.warmup_steps >= 0, f"--warmup_steps must be >= 0, got {args.warmup_steps}")
-    _require(args.unbalancedWD_every >= 1, f"--unbalancedWD_every must be >= 1, got {args.unbalancedWD_every}")
-    _require(0 <= args.wd_min_ratio <= args.wd_max_ratio,
-             f"need 0 <= --wd_min_ratio <= --wd_max_ratio, got {args.wd_min_ratio} and {args.wd_max_ratio}")
-    _require(0 <= args.min_lr_ratio <= 1, f"--min_lr_ratio must be in [0, 1], got {args.min_lr_ratio}")
-    _require(args.xmin_pos >= 1, f"--xmin_pos must be >= 1, got {args.xmin_pos}")
-    _require(args.grad_clipping >= 0, f"--grad_clipping must be >= 0, got {args.grad_clipping}")
-    _require(args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
-    _require(args.target_eval_tokens > 0, f"--target_eval_tokens must be positive, got {args.target_eval_tokens}")
+        raise ConfigError(f"model config {path!r} is not valid JSON ({e}); fix the file") from None
+    _require(isinstance(cfg, dict) and "model_type" in cfg, f"model config {path!r} has no 'model_type'; copy one "
+                                                            f"from configs/")
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    # Encoders (bert, roberta, ...) have a causal head too, but only as decoders (is_decoder=True).
+    encoder = cfg["model_type"] in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not cfg.get("is_decoder")
+    _require(cfg["model_type"] in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not encoder,
+             f"model config {path!r} has model_type {cfg['model_type']!r}, which is not a causal language model; "
+             f"use a causal type such as llama or gpt2")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - transformers raises ValueError, its own validation errors, OSError
+        raise ConfigError(f"model config {path!r} is rejected by transformers ({one_line(e, 200)}); fix the file") \
+            from None
+    known = set(type(config)().to_dict()) | set(getattr(type(config), "attribute_map", {})) | _GENERIC_CONFIG_KEYS
+    unknown = sorted(set(cfg) - known)
+    _require(not unknown, f"model config {path!r} has unknown key(s) {', '.join(unknown)} (a typo?); "
+                          f"use the names of configs/llama_60m.json")
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    _require(max_length is None or positions is None or max_length <= positions,
+             f"--max_length {max_length} is beyond the model's {positions} positions; lower --max_length or raise "
+             f"max_position_embeddings in {path}")
+    return config
+
+
+def _check_data_paths(args) -> None:
+    from .text_sources import resolve_data_files
+    for flag in ("dataset_path", "eval_dataset_path"):
+        if getattr(args, flag) is not None:
+            try:
+                resolve_data_files(getattr(args, flag))
+            except ConfigError as e:
+                raise ConfigError(f"--{flag}: {e}") from None
+
+
+def validate(args, world_size: int = 1):
+    """Check everything that can be checked before any work; raise ConfigError with a one-line fix."""
+    _check_numbers(args)
+    if not args.eval_only:
+        check_model_config(args.model_config, args.max_length)
+    _check_data_paths(args)
     _require(not (args.single_cuda and world_size > 1),
              "--single_cuda runs one process; launch with --nproc_per_node=1 or drop --single_cuda")
     args.strategy = resolve_strategy(args)
@@ -191,7 +261,6 @@ def validate(args, world_size: int = 1):
         args.gradient_accumulation = accum
     else:
         args.gradient_accumulation = args.gradient_accumulation or 1
-        _require(args.gradient_accumulation >= 1, "--gradient_accumulation must be >= 1")
         args.total_batch_size = args.batch_size * world_size * args.gradient_accumulation
     if args.max_train_tokens is not None:
         _require(args.max_train_tokens > 0, "--max_train_tokens must be positive")
@@ -200,6 +269,8 @@ def validate(args, world_size: int = 1):
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     args.wandb_name = args.wandb_name or args.name
     args.save_dir = args.save_dir or os.path.join("checkpoints", args.name)
+    _require(not (args.overwrite and args.continue_from is not None),
+             "--overwrite starts a new run and --continue_from continues one; pass only one of them")
     _require(not args.eval_only or args.continue_from is not None,
              "--eval_only needs --continue_from <checkpoint folder> (the weights to evaluate)")
     if args.continue_from == "latest":

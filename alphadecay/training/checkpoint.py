@@ -18,12 +18,13 @@ import os
 import random
 import re
 import shutil
+import time
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .errors import ConfigError
+from ..errors import ConfigError, one_line
 
 STATE_FILE = "training_state.pt"
 _CKPT_RE = re.compile(r"^model_(\d+)$")
@@ -84,14 +85,18 @@ def save(path_dir: str, step: int, *, model, tokenizer, training_state: dict, ra
     if rank == 0:
         tmp = os.path.join(path_dir, f".tmp-model_{step}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        state = {**training_state, "world_size": world_size, "ranks": per_rank}
-        torch.save(state, os.path.join(tmp, STATE_FILE))
-        counters = {k: v for k, v in training_state.items() if isinstance(v, (int, float, str))}
-        with open(os.path.join(tmp, "training_state.json"), "w") as f:
-            json.dump(counters, f, indent=2)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            state = {**training_state, "world_size": world_size, "ranks": per_rank}
+            torch.save(state, os.path.join(tmp, STATE_FILE))
+            counters = {k: v for k, v in training_state.items() if isinstance(v, (int, float, str))}
+            with open(os.path.join(tmp, "training_state.json"), "w") as f:
+                json.dump(counters, f, indent=2)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConfigError(_save_failed(final, path_dir, e, model)) from None
         _replace_dir(tmp, final)
         if keep_last > 0:
             for _, old in list_checkpoints(path_dir)[:-keep_last]:
@@ -99,6 +104,15 @@ def save(path_dir: str, step: int, *, model, tokenizer, training_state: dict, ra
     if world_size > 1:
         dist.barrier()
     return final if rank == 0 else None
+
+
+def _save_failed(final: str, folder: str, error: OSError, model) -> str:
+    # Weights plus Adam's two moments: about three times the parameters' bytes.
+    need = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
+    return (f"writing checkpoint {final!r} failed ({error.strerror or one_line(error)}); about {need / 1e9:.2f} GB "
+            f"needed, {free / 1e9:.2f} GB free in {folder!r}; the previous checkpoints are kept: free space or fix "
+            f"the permissions, then resume with --continue_from latest")
 
 
 def _replace_dir(tmp: str, final: str) -> None:
@@ -123,7 +137,7 @@ def load_state(path: str, rank: int, world_size: int) -> dict:
         # weights_only: a checkpoint from an untrusted source cannot run code when it is loaded.
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConfigError(f"{file!r} cannot be loaded safely ({str(e).splitlines()[0][:200]}); "
+        raise ConfigError(f"{file!r} cannot be loaded safely ({one_line(e, 200)}); "
                           f"it is damaged or was not written by this program") from None
     if state["world_size"] != world_size:
         raise ConfigError(f"checkpoint {path!r} was written by {state['world_size']} ranks, this run has {world_size}; "
@@ -138,7 +152,11 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
         raise ConfigError(f"no model weights (*.safetensors) in {path!r}; pass a checkpoint folder written by this program")
     weights = {}
     for f in files:
-        weights.update(load_file(os.path.join(path, f)))
+        try:
+            weights.update(load_file(os.path.join(path, f)))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged header
+            raise ConfigError(f"the weights {os.path.join(path, f)!r} are damaged ({one_line(e, 150)}); resume from "
+                              f"an earlier checkpoint") from None
     own = model.state_dict()
     wrong = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     unknown = [k for k in weights if k not in own]
@@ -157,3 +175,72 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
     with torch.no_grad():
         for k, v in weights.items():
             own[k].copy_(v)
+
+
+def _has_run(save_dir: str) -> bool:
+    return os.path.isfile(os.path.join(save_dir, "metrics.jsonl")) or any(
+        _CKPT_RE.match(n) for n in (os.listdir(save_dir) if os.path.isdir(save_dir) else ()))
+
+
+class Checkpointer:
+    """The run folder of one training run: guards it, finds, writes and restores its checkpoints.
+
+    Collective where noted: every rank calls ``save`` and ``restore``; rank 0 alone writes.
+    """
+
+    def __init__(self, save_dir: str, *, rank: int, world_size: int, keep_last: int = 0, tokenizer=None):
+        self.save_dir, self.rank, self.world_size = save_dir, rank, world_size
+        self.keep_last, self.tokenizer = keep_last, tokenizer
+
+    def prepare(self, *, resuming: bool, overwrite: bool) -> None:
+        """Before any work: the folder is writable, and a new run never lands on top of another run.
+
+        A folder that already holds checkpoints or a metrics.jsonl is another run's: continue it
+        (``--continue_from latest``) or, with ``--overwrite``, move it aside to ``<save_dir>.replaced-<time>``.
+        """
+        if _has_run(self.save_dir) and not resuming:
+            if not overwrite:
+                raise ConfigError(f"--save_dir {self.save_dir!r} already holds a run (checkpoints or metrics.jsonl); "
+                                  f"continue it with --continue_from latest, pass --overwrite to move it aside, or "
+                                  f"choose another --save_dir")
+            if self.rank == 0:
+                aside = f"{self.save_dir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(self.save_dir, aside)
+                print(f"--overwrite: the previous run in {self.save_dir} was moved to {aside}", flush=True)
+        if self.rank == 0:
+            try:
+                os.makedirs(self.save_dir, exist_ok=True)
+                probe = os.path.join(self.save_dir, f".write-test-{os.getpid()}")
+                with open(probe, "w") as f:
+                    f.write("ok")
+                os.remove(probe)
+            except OSError as e:
+                raise ConfigError(f"cannot write to --save_dir {self.save_dir!r} ({e.strerror}); "
+                                  f"pass a writable folder") from None
+
+    def resolve(self, continue_from: str | None) -> str | None:
+        return resolve(continue_from, self.save_dir)
+
+    def save(self, step: int, model, training_state: dict) -> str | None:
+        """Collective. Returns the checkpoint path on rank 0 (None elsewhere)."""
+        return save(self.save_dir, step, model=model, tokenizer=self.tokenizer, training_state=training_state,
+                    rank=self.rank, world_size=self.world_size, keep_last=self.keep_last)
+
+    def restore(self, path: str, *, model, optimizer, scheduler, strategy, loader, optimizer_name: str) -> dict:
+        """Everything a run continues from; returns the counters (update_step, tokens_seen, skipped_updates)."""
+        state = load_state(path, self.rank, self.world_size)
+        saved = state.get("optimizer_name", optimizer_name)
+        if saved != optimizer_name:
+            raise ConfigError(f"checkpoint {path!r} was trained with --optimizer {saved}, this run asks for "
+                              f"{optimizer_name}; resume with --optimizer {saved}")
+        load_model_weights(model, path)
+        try:   # the strategy first: its mismatch explains an optimizer whose groups differ
+            strategy.load_state_dict(state["strategy"])
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:
+            raise ConfigError(f"{path!r} does not match this run: {one_line(e)}; resume with the flags it was "
+                              f"trained with") from None
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        return {k: state[k] for k in ("update_step", "tokens_seen", "skipped_updates")}

@@ -33,19 +33,21 @@ the same sequence.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import itertools
 import logging
 import os
+import weakref
 
 import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from ..errors import ConfigError, one_line
 from .encode import encode_rows
-from .errors import ConfigError
-from .text_sources import HUB_DATASET, _one_line, load_documents, resolve_data_files
+from .text_sources import HUB_DATASET, load_documents, resolve_data_files
 
 __all__ = ["load_tokenizer", "resolve_data_files", "load_documents", "TrainBatches", "ResumableLoader",
            "make_train_loader"]
@@ -65,7 +67,7 @@ def load_tokenizer(name_or_path: str, max_length: int):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True, model_max_length=max_length)
     except Exception as error:  # noqa: BLE001 - OSError, HF validation/connection errors, bad files...
-        raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {_one_line(error)}; {hint}") from None
+        raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {one_line(error)}; {hint}") from None
     if not getattr(tokenizer, "is_fast", False):
         logger.warning("tokenizer '%s' has no fast version; tokenization will be slow", name_or_path)
     if tokenizer.pad_token_id is None:
@@ -316,6 +318,27 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()   # DataLoader iterators with workers, until garbage-collected
+
+
+def _stop_workers(batches) -> None:
+    if batches is None or not hasattr(batches, "_shutdown_workers"):
+        return
+    batches._shutdown_workers()      # torch's own shutdown: done event, then join with a timeout
+    for worker in getattr(batches, "_workers", []):
+        if worker.is_alive():        # still busy after the join timeout: it ignores SIGTERM
+            worker.kill()
+            worker.join(timeout=5)
+
+
+@atexit.register
+def _stop_all_workers() -> None:
+    # Registered after multiprocessing's own exit hook, so it runs first: that hook SIGTERMs the workers
+    # (which they ignore) and then waits for them forever.
+    for batches in list(_LIVE):
+        _stop_workers(batches)
+
+
 class ResumableLoader:
     """Iterable of training batches that knows exactly which batches the training loop has taken.
 
@@ -327,6 +350,20 @@ class ResumableLoader:
     def __init__(self, dataset: TrainBatches, num_workers: int):
         self.dataset, self.num_workers = dataset, num_workers
         self._state = dataset.state_dict()
+        self._batches = None   # weak reference to the DataLoader iterator in use (its workers are what close() stops)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes now. Every exit path of a run must do this: the workers ignore SIGTERM
+        (see _ignore_stop_signals), so an exception that left them running would make the interpreter wait
+        for them at exit forever."""
+        batches, self._batches = (self._batches() if self._batches else None), None
+        _stop_workers(batches)
 
     @property
     def skipped_documents(self) -> int:
@@ -345,7 +382,11 @@ class ResumableLoader:
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                              collate_fn=_keep, persistent_workers=False,
                                              worker_init_fn=_ignore_stop_signals if self.num_workers else None)
-        for item in loader:
+        batches = iter(loader)
+        if self.num_workers:
+            self._batches = weakref.ref(batches)
+            _LIVE.add(batches)
+        for item in batches:
             if "_error" in item:
                 raise ConfigError(item["_error"])
             index, stream_state = item.pop("_stream"), item.pop("_stream_state")

@@ -7,7 +7,7 @@ import torch
 
 from .data import _check_positive, _check_rank, _usable, logger
 from .encode import encode_rows
-from .errors import ConfigError
+from ..errors import ConfigError
 from .text_sources import HUB_DATASET, load_documents
 
 EVAL_SEED = 42     # the paper's val_data.shuffle(seed=42)

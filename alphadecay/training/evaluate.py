@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -11,29 +12,48 @@ from .loss import NextTokenLoss
 from .model import vocab_guard
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, tokenizer, args, rt) -> dict:
-    """Per-token mean loss over ~--target_eval_tokens validation tokens and its perplexity.
+class Evaluator:
+    """Per-token mean loss over ~``target_tokens`` validation tokens, and its perplexity.
 
     The release averaged per batch and started its batch count at 1; here every predicted token
     counts once, and the evaluated batches do not depend on the number of ranks (each rank takes
     every world_size-th batch, the sums are all-reduced in float64).
     """
-    was_training = model.training
-    model.eval()
-    guard = vocab_guard(model, tokenizer)
-    loss_fn = NextTokenLoss(model)
-    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)   # summed loss, predicted tokens
-    for batch in eval_batches(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
-                              max_length=args.max_length, target_eval_tokens=args.target_eval_tokens,
-                              rank=rt.rank, world_size=rt.world_size):
-        inputs = loss_fn.inputs(guard(batch["input_ids"]), batch["attention_mask"], rt.device)
-        n = inputs["positions"].numel()
-        if n:
-            sums += torch.stack([loss_fn(**inputs).double() * n, torch.tensor(float(n), device=rt.device)])
-    if rt.distributed:
-        dist.all_reduce(sums)
-    total_loss, tokens = sums.tolist()
-    model.train(was_training)
-    loss = total_loss / tokens if tokens else math.nan
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700)), "eval_tokens": int(tokens)}
+
+    def __init__(self, path: str | None, tokenizer, *, batch_size: int, max_length: int, target_tokens: int,
+                 rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu")):
+        self.path, self.tokenizer = path, tokenizer
+        self.batch_size, self.max_length, self.target_tokens = batch_size, max_length, target_tokens
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def prepare(self) -> None:
+        """Read and tokenize the validation batches now (they are cached for every evaluation), so that
+        missing or empty validation data stops the run before its first update, not after it."""
+        tokens = sum(int(b["attention_mask"].sum()) for b in self._batches())
+        if tokens * self.world_size < self.target_tokens / 2 and self.rank == 0:
+            warnings.warn(f"the validation data holds about {tokens * self.world_size:,} tokens, far fewer than "
+                          f"--target_eval_tokens {self.target_tokens:,}; every evaluation uses all of them",
+                          stacklevel=2)
+
+    def _batches(self):
+        return eval_batches(self.path, self.tokenizer, batch_size=self.batch_size, max_length=self.max_length,
+                            target_eval_tokens=self.target_tokens, rank=self.rank, world_size=self.world_size)
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> dict:
+        was_training = model.training
+        model.eval()
+        guard = vocab_guard(model, self.tokenizer)
+        loss_fn = NextTokenLoss(model)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)   # summed loss, predicted tokens
+        for batch in self._batches():
+            inputs = loss_fn.inputs(guard(batch["input_ids"]), batch["attention_mask"], self.device)
+            n = inputs["positions"].numel()
+            if n:
+                sums += torch.stack([loss_fn(**inputs).double() * n, torch.tensor(float(n), device=self.device)])
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        total_loss, tokens = sums.tolist()
+        model.train(was_training)
+        loss = total_loss / tokens if tokens else math.nan
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 700)), "eval_tokens": int(tokens)}

@@ -7,6 +7,8 @@ checkpointing is not counted (that would be hardware FLOP utilisation).
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, matched on the device-name substring.
@@ -31,3 +33,21 @@ def peak_flops(device: torch.device) -> float | None:
 def mfu(flops_per_second: float, device: torch.device, world_size: int = 1) -> float | None:
     peak = peak_flops(device)
     return None if peak is None else flops_per_second / (peak * world_size)
+
+
+class Throughput:
+    """Tokens/s of each update (wall time from ``start()``), and MFU on CUDA."""
+
+    def __init__(self, flops_per_token: float, device: torch.device, world_size: int = 1):
+        self.flops_per_token, self.device, self.world_size = flops_per_token, device, world_size
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def measure(self, tokens: float) -> dict:
+        elapsed = time.perf_counter() - self._t0
+        out = {"throughput_tokens": tokens / elapsed}
+        if self.device.type == "cuda":
+            out["mfu"] = mfu(self.flops_per_token * tokens / elapsed, self.device, self.world_size)
+        return out

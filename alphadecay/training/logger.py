@@ -16,7 +16,9 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
+from ..errors import one_line
 from ..strategies import Assignment
 
 
@@ -29,32 +31,51 @@ def _clean(v):
     return v
 
 
+@dataclass
+class WandbSettings:
+    project: str
+    name: str
+    tags: list[str] | None = None
+
+
 class RunLogger:
-    def __init__(self, args, *, enabled: bool, run_config: dict, resumed: bool):
+    """metrics.jsonl (rank 0) and wandb when ``wandb`` is given; a context manager that closes both.
+
+    Leaving it on an exception finishes wandb with exit code 1, so the run shows as failed there.
+    """
+
+    def __init__(self, save_dir: str, *, enabled: bool, run_config: dict, resumed: bool,
+                 wandb: WandbSettings | None = None):
         self.enabled = enabled
         self.wandb = None
         self._warned = False
         self.file = None
         if not enabled:
             return
-        os.makedirs(args.save_dir, exist_ok=True)
-        self.file = open(os.path.join(args.save_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        os.makedirs(save_dir, exist_ok=True)
+        self.file = open(os.path.join(save_dir, "metrics.jsonl"), "a", encoding="utf-8")
         self.write({"type": "config", "step": run_config.get("start_step", 0), "resumed": resumed,
                     "config": run_config["args"], "model": run_config["model"], "time": time.time()})
-        if not (args.no_wandb or os.environ.get("WANDB_MODE") == "disabled"):
-            self._start_wandb(args, run_config)
+        if wandb is not None and os.environ.get("WANDB_MODE") != "disabled":
+            self._start_wandb(save_dir, wandb, run_config)
 
-    def _start_wandb(self, args, run_config):
-        id_file = os.path.join(args.save_dir, "wandb.json")
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(exit_code=0 if exc_type is None else 1)
+
+    def _start_wandb(self, save_dir: str, settings: WandbSettings, run_config: dict):
+        id_file = os.path.join(save_dir, "wandb.json")
         try:
             import wandb
             run_id = None
             if os.path.isfile(id_file):
                 with open(id_file) as f:
                     run_id = json.load(f).get("wandb_id")
-            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_name, id=run_id, resume="allow",
+            self.wandb = wandb.init(project=settings.project, name=settings.name, id=run_id, resume="allow",
                                     config={**run_config["args"], "model": run_config["model"]},
-                                    tags=args.tags.split(",") if args.tags else None, dir=args.save_dir)
+                                    tags=settings.tags, dir=save_dir)
             with open(id_file, "w") as f:
                 json.dump({"wandb_id": self.wandb.id}, f)
         except Exception as e:  # wandb must never stop a training run
@@ -64,7 +85,7 @@ class RunLogger:
         self.wandb = None
         if not self._warned:
             self._warned = True
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = one_line(e)
             warnings.warn(f"wandb disabled for this run ({msg}); metrics.jsonl is still written", stacklevel=3)
 
     def write(self, record: dict, wandb_data: dict | None = None) -> None:
@@ -92,12 +113,13 @@ class RunLogger:
                 self._warn(e)
         self.write(rec, data)
 
-    def close(self) -> None:
-        if self.file is not None:
+    def close(self, exit_code: int = 0) -> None:
+        if self.file is not None and not self.file.closed:
             self.file.close()
         if self.wandb is not None:
+            run, self.wandb = self.wandb, None
             try:
-                self.wandb.finish()
+                run.finish(exit_code=exit_code)
             except Exception as e:
                 self._warn(e)
 

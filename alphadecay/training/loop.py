@@ -1,12 +1,18 @@
-"""The pretraining loop. It reads like the paper's Algorithm:
+"""The pretraining loop, in the order of the paper's method (He et al., 2025):
 
-    build model, strategy (initial decays from the initial weights), optimizer, schedule
+    build the model, parallelize it, build the strategy and the optimizer over its per-module groups
+    assign the decays from the initial weights (or restore everything from a checkpoint)
     for each update t:
-        accumulate gradients over the micro-batches (DDP syncs only on the last one)
+        accumulate gradients over the micro-batches (synchronised across ranks on the last one)
         clip; stop (or skip) on a non-finite loss / gradient, on every rank together
         every T updates: recompute each module's alpha and reassign its weight decay
         optimizer step, schedule step
-        log, evaluate, checkpoint, honour a preemption signal
+        log, evaluate, checkpoint, honour a stop signal
+
+Side effects are small components the loop calls (checkpoint.Checkpointer, logger.RunLogger,
+evaluate.Evaluator, runtime.StopSignal, flops.Throughput); code that is not the loop's own hooks in
+through callbacks.Callback. Every exit path closes what was opened (data workers, metrics file,
+wandb, progress bar, process group) through one ExitStack.
 """
 from __future__ import annotations
 
@@ -15,240 +21,256 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint
+from ..errors import ConfigError, NonFiniteError, one_line
 from .args import parse_args
+from .callbacks import Callback, TrainState
+from .checkpoint import Checkpointer, load_model_weights
 from .data import TrainBatches, load_tokenizer, make_train_loader
-from .errors import ConfigError
-from .evaluate import evaluate
-from .flops import mfu, training_flops_per_token
-from .logger import RunLogger, progress_bar
+from .evaluate import Evaluator
+from .flops import Throughput, training_flops_per_token
+from .logger import RunLogger, WandbSettings, progress_bar
 from .loss import NextTokenLoss
 from .model import build_model, count_params, vocab_guard
 from .optim import build_optimizer, build_scheduler, strategy_from_args
-from .runtime import StopSignal, setup, teardown, world_size_from_env
+from .parallel import parallelize
+from .runtime import StopSignal, process_group, setup, world_size_from_env
 
 
-class NonFiniteError(RuntimeError):
-    pass
-
-
-def _fault_injection() -> tuple[int | None, int | None]:
-    """Test hook: ALPHADECAY_FAULT_NAN_STEP=update[:rank] makes that update's loss NaN (on one rank)."""
-    spec = os.environ.get("ALPHADECAY_FAULT_NAN_STEP")
-    if not spec:
-        return None, None
-    step, _, rank = spec.partition(":")
-    return int(step), (int(rank) if rank else None)
-
-
-def _ensure_writable(save_dir: str) -> None:
-    try:
-        os.makedirs(save_dir, exist_ok=True)
-        probe = os.path.join(save_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"cannot write to --save_dir {save_dir!r} ({e.strerror}); pass a writable folder") from None
-
-
-def train(args) -> dict:
+def train(args, callbacks: Sequence[Callback] = ()) -> dict:
+    """One training run (or one evaluation with ``--eval_only``) from validated flags (args.parse_args)."""
     rt = setup(args.device)
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    dtype = torch.bfloat16 if (args.dtype or ("bfloat16" if rt.device.type == "cuda" and torch.cuda.is_bf16_supported()
-                                              else "float32")) == "bfloat16" else torch.float32
-    if rt.is_main and not args.eval_only:
-        _ensure_writable(args.save_dir)
-    resume_from = checkpoint.resolve(args.continue_from, args.save_dir)
+    with contextlib.ExitStack() as on_exit:
+        on_exit.enter_context(process_group(rt))       # destroyed last, on every exit path
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        checkpointer = Checkpointer(args.save_dir, rank=rt.rank, world_size=rt.world_size,
+                                    keep_last=args.keep_last_checkpoints)
+        if not args.eval_only:
+            checkpointer.prepare(resuming=args.continue_from is not None, overwrite=args.overwrite)
+        resume_from = checkpointer.resolve(args.continue_from)
+        tokenizer = checkpointer.tokenizer = load_tokenizer(args.tokenizer, args.max_length)
+        evaluator = Evaluator(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
+                              max_length=args.max_length, target_tokens=args.target_eval_tokens,
+                              rank=rt.rank, world_size=rt.world_size, device=rt.device)
 
-    tokenizer = load_tokenizer(args.tokenizer, args.max_length)
-    model = build_model(args.model_config, dtype=dtype, device=rt.device, seed=args.seed,
-                        activation_checkpointing=args.activation_checkpointing)
-    if args.eval_only:
-        return evaluate_checkpoint(args, rt, model, tokenizer, resume_from)
-    strategy = strategy_from_args(args, model)
-    # The paper's start: decays assigned from the initial weights (skipped when resuming: restored below).
-    optimizer = build_optimizer(args, strategy.param_groups(initial_assignment=resume_from is None), rt.device)
-    scheduler = build_scheduler(args, optimizer)
-    dataset = TrainBatches(args.dataset_path, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                           rank=rt.rank, world_size=rt.world_size, num_workers=args.workers, packing=args.packing)
-    loader = make_train_loader(dataset, args.workers)
+        # 1. The model (for --eval_only, the checkpoint's own config.json).
+        config = args.model_config
+        if args.eval_only:
+            if resume_from is None:
+                raise ConfigError(f"no checkpoint found in {args.save_dir!r} for --continue_from latest; train first "
+                                  f"or pass a folder")
+            config = os.path.join(resume_from, "config.json")
+        model = build_model(config, dtype=_dtype(args.dtype, rt.device), device=rt.device,
+                            seed=args.seed, activation_checkpointing=args.activation_checkpointing)
+        guard_vocab = vocab_guard(model, tokenizer)
+        evaluator.prepare()
+        if args.eval_only:
+            return evaluate_checkpoint(model, resume_from, evaluator, rt.is_main)
 
-    update_step, tokens_seen, skipped = 0, 0, 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from, rt.rank, rt.world_size)
-        checkpoint.load_model_weights(model, resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        strategy.load_state_dict(state["strategy"])
-        loader.load_state_dict(state["data"])
-        checkpoint.set_rng_state(state["rng"])
-        update_step, tokens_seen, skipped = state["update_step"], state["tokens_seen"], state["skipped_updates"]
-    elif args.strategy in ("uniform", "none", "awd"):
-        strategy.initial_assignment()   # per-module alphas at the start, for the record
+        # 2. The weight-decay strategy and the optimizer over its groups; the training data.
+        strategy = strategy_from_args(args, model)
+        optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device)
+        scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
+                                    warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
+        loader = on_exit.enter_context(make_train_loader(
+            TrainBatches(args.dataset_path, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                         rank=rt.rank, world_size=rt.world_size, num_workers=args.workers, packing=args.packing),
+            args.workers))
 
-    guard_vocab = vocab_guard(model, tokenizer)
-    sizes = count_params(model)
-    flops_per_token = training_flops_per_token(model.config, sizes["non_embedding_params"], args.max_length)
-    run_config = {"args": vars(args), "model": {**sizes, **model.config.to_dict()}, "start_step": update_step}
-    log = RunLogger(args, enabled=rt.is_main, run_config=run_config, resumed=resume_from is not None)
-    if resume_from is None:
-        log.decay(strategy.last, args.strategy)
-    net = loss_fn = NextTokenLoss(model)
-    if args.compile:
-        loss_fn.compile()
-    if rt.distributed:
-        net = DDP(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    accum = args.gradient_accumulation
-    stop = StopSignal()
-    bar = progress_bar(args.num_training_steps, update_step, rt.is_main)
-    batches = iter(loader)
-    fault_step, fault_rank = _fault_injection()
-    # Test hook: behave as if SIGTERM arrived during update N (deterministic preemption).
-    stop_after = int(os.environ.get("ALPHADECAY_STOP_AFTER", "0")) or None
-    preempted = False
+        # 3. Decays from the initial weights (the paper's start), or the whole state from a checkpoint.
+        state, assignment = TrainState(), None
+        if resume_from is None:
+            assignment = strategy.initial_assignment(optimizer)
+        else:
+            state = TrainState(**checkpointer.restore(resume_from, model=model, optimizer=optimizer,
+                                                      scheduler=scheduler, strategy=strategy, loader=loader,
+                                                      optimizer_name=args.optimizer))
 
-    def save():
-        state = {"update_step": update_step, "tokens_seen": tokens_seen, "skipped_updates": skipped,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "strategy": strategy.state_dict(), "data": loader.state_dict(), "model_config": args.model_config}
-        return checkpoint.save(args.save_dir, update_step, model=model, tokenizer=tokenizer, training_state=state,
-                               rank=rt.rank, world_size=rt.world_size, keep_last=args.keep_last_checkpoints)
+        log = on_exit.enter_context(_run_logger(args, model, rt.is_main, state.update_step, resume_from))
+        if assignment is not None:
+            log.decay(assignment, args.strategy)
+        loss_fn = NextTokenLoss(model)
+        net = parallelize(loss_fn, world_size=rt.world_size, device=rt.device, compile=args.compile)
+        params = [p for p in model.parameters() if p.requires_grad]
+        speed = Throughput(training_flops_per_token(model.config, count_params(model)["non_embedding_params"],
+                                                    args.max_length), rt.device, rt.world_size)
+        stop = on_exit.enter_context(StopSignal())
+        bar = on_exit.enter_context(progress_bar(args.num_training_steps, state.update_step, rt.is_main))
+        batches = iter(loader)
+        accum = args.gradient_accumulation
 
-    started = time.time()
-    try:
-        while update_step < args.num_training_steps:
-            t0 = time.perf_counter()
-            if stop_after is not None and update_step + 1 >= stop_after:
-                stop.received = signal.SIGTERM
-            # 1. Gradients of one update, accumulated without an all-reduce until the last micro-batch.
+        def save() -> str | None:
+            return checkpointer.save(state.update_step, model, {
+                "update_step": state.update_step, "tokens_seen": state.tokens_seen,
+                "skipped_updates": state.skipped_updates, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(), "data": loader.state_dict(),
+                "model_config": args.model_config, "optimizer_name": args.optimizer})
+
+        started, preempted = time.time(), False
+        while state.update_step < args.num_training_steps:
+            speed.start()
+            for cb in callbacks:
+                cb.on_update_start(state, stop)
+            # 4. Gradients of one update, all-reduced only on the last micro-batch.
             loss_sum = torch.zeros((), device=rt.device, dtype=torch.float32)
             local_tokens = 0
             for micro in range(accum):
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    raise ConfigError(f"the training data ran out at update {update_step} of "
-                                      f"{args.num_training_steps}; give more data or fewer --num_training_steps") from None
-                mask = batch["attention_mask"]
-                local_tokens += int(mask.sum())       # counted on the host copy: no device sync
-                inputs = loss_fn.inputs(guard_vocab(batch["input_ids"]), mask, rt.device)
-                sync = contextlib.nullcontext() if (micro == accum - 1 or not rt.distributed) else net.no_sync()
-                with sync:
-                    loss = net(**inputs)
-                    if fault_step == update_step + 1 and fault_rank in (None, rt.rank):
-                        loss = loss * math.nan
-                        fault_step = None   # once: a skipped update is retried with the next batch
+                batch = _next_batch(batches, state, args.num_training_steps)
+                local_tokens += int(batch["attention_mask"].sum())     # host copy: no device sync
+                inputs = loss_fn.inputs(guard_vocab(batch["input_ids"]), batch["attention_mask"], rt.device)
+                with contextlib.nullcontext() if micro == accum - 1 else net.no_sync():
+                    loss = net.forward(**inputs)
+                    for cb in callbacks:
+                        loss = cb.on_loss(state, micro, loss)
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
 
-            # 2. One host sync per update: grad norm, loss, tokens and the stop flag, agreed by all ranks.
-            if args.grad_clipping:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clipping)
-            else:   # the norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            stats = torch.stack([loss_sum / accum, torch.tensor(float(local_tokens), device=rt.device),
-                                 torch.tensor(float(stop.received is not None), device=rt.device)])
-            if rt.distributed:
-                dist.all_reduce(stats)
-            mean_loss, tokens, stop_votes = (stats / torch.tensor([rt.world_size, 1, 1], device=rt.device)).tolist()
+            # 5. Clip; one host sync per update: loss, tokens and the stop flag, agreed by every rank.
+            grad_norm = _clip(params, args.grad_clipping)
+            mean_loss, tokens, stop_votes = _agree(loss_sum / accum, local_tokens, stop.received is not None, rt)
             grad_norm = float(grad_norm)
             if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
-                if args.on_nonfinite == "stop":
-                    log.write({"type": "error", "step": update_step + 1, "error": "non-finite",
-                               "loss": mean_loss, "grad_norm": grad_norm})
-                    raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(mean_loss) else 'gradient norm'} "
-                                         f"at update {update_step + 1} (loss={mean_loss}, grad_norm={grad_norm}); "
-                                         f"lower --lr, add --grad_clipping, or pass --on_nonfinite skip")
-                skipped += 1
+                _non_finite(args.on_nonfinite, state, mean_loss, grad_norm, tokens, optimizer, log)
                 optimizer.zero_grad(set_to_none=True)
-                print(f"warning: skipped update {update_step + 1}: non-finite loss or gradient "
-                      f"({skipped} skipped so far)", file=sys.stderr)
                 if stop_votes > 0:       # a signal must be honoured even while updates are skipped
                     preempted = True
                     break
                 continue
 
-            # 3. AlphaDecay: every T updates, recompute module alphas and reassign module-wise decays.
-            assignment = strategy.step(optimizer, update_step)
+            # 6. AlphaDecay: every T updates, recompute module alphas and reassign module-wise decays.
+            assignment = strategy.step(optimizer, state.update_step)
             if assignment is not None:
                 log.decay(assignment, args.strategy)
 
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            update_step += 1
-            tokens_seen += int(tokens)
+            state.update_step += 1
+            state.tokens_seen += int(tokens)
 
-            # 4. Side effects: logging, evaluation, checkpoints, preemption.
-            elapsed = time.perf_counter() - t0
-            if update_step % args.log_every == 0 or update_step == args.num_training_steps:
-                rec = {"type": "train", "step": update_step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "tokens_seen": tokens_seen, "throughput_tokens": tokens / elapsed, "grad_norm": grad_norm,
-                       "weight_decay": optimizer.param_groups[-1]["weight_decay"]}
-                if rt.device.type == "cuda":
-                    rec["mfu"] = mfu(flops_per_token * tokens / elapsed, rt.device, rt.world_size)
-                log.write(rec)
+            # 7. Side effects: log, evaluate, checkpoint, stop.
+            step, last = state.update_step, state.update_step == args.num_training_steps
+            rate = speed.measure(tokens)
+            if step % args.log_every == 0 or last:
+                log.write({"type": "train", "step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                           "tokens_seen": state.tokens_seen, "throughput_tokens": rate["throughput_tokens"],
+                           "grad_norm": grad_norm, "weight_decay": optimizer.param_groups[-1]["weight_decay"],
+                           **({"mfu": rate["mfu"]} if "mfu" in rate else {})})
             bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens / elapsed:,.0f}", refresh=False)
-            if args.eval_every and update_step % args.eval_every == 0 and update_step < args.num_training_steps:
-                last_eval = evaluate(model, tokenizer, args, rt)
-                log.write({"type": "eval", "step": update_step, **last_eval})
+            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate['throughput_tokens']:,.0f}", refresh=False)
+            if args.eval_every and step % args.eval_every == 0 and not last:
+                log.write({"type": "eval", "step": step, **evaluator(model)})
             if stop_votes > 0:
                 preempted = True
                 break
-            if args.save_every and update_step % args.save_every == 0 and update_step < args.num_training_steps:
+            if args.save_every and step % args.save_every == 0 and not last:
                 save()
-    finally:
-        bar.close()
-        stop.restore()
 
-    path = save()
-    if preempted:
+        path = save()
+        if preempted:
+            if rt.is_main:
+                print(f"stopped by a signal at update {state.update_step}; checkpoint written to {path}. Resume with "
+                      f"the same command plus --continue_from {path} (or --continue_from latest)", file=sys.stderr)
+            return {"update_step": state.update_step, "preempted": True, "checkpoint": path, "model": model,
+                    "strategy": strategy}
+        final = evaluator(model)
+        log.write({"type": "final", "step": state.update_step, **final, "skipped_updates": state.skipped_updates,
+                   "skipped_documents": loader.skipped_documents, "train_seconds": time.time() - started})
         if rt.is_main:
-            print(f"stopped by a signal at update {update_step}; checkpoint written to {path}. Resume with the "
-                  f"same command plus --continue_from {path} (or --continue_from latest)", file=sys.stderr)
-        log.close()
-        teardown()
-        return {"update_step": update_step, "preempted": True, "checkpoint": path,
-                "model": model, "strategy": strategy}
-    final = evaluate(model, tokenizer, args, rt)
-    log.write({"type": "final", "step": update_step, **final, "skipped_updates": skipped,
-               "skipped_documents": loader.skipped_documents, "train_seconds": time.time() - started})
-    if rt.is_main:
-        print(f"finished {update_step} updates: eval loss {final['eval_loss']:.4f}, perplexity {final['eval_ppl']:.2f}; "
-              f"checkpoint {path}", file=sys.stderr)
-    log.close()
-    teardown()
-    return {"update_step": update_step, **final, "checkpoint": path, "model": model, "strategy": strategy}
+            print(f"finished {state.update_step} updates: eval loss {final['eval_loss']:.4f}, perplexity "
+                  f"{final['eval_ppl']:.2f}; checkpoint {path}", file=sys.stderr)
+        return {"update_step": state.update_step, **final, "checkpoint": path, "model": model, "strategy": strategy}
 
 
-def evaluate_checkpoint(args, rt, model, tokenizer, path) -> dict:
-    if path is None:
-        raise ConfigError(f"no checkpoint found in {args.save_dir!r} for --continue_from latest; train first or pass a folder")
-    checkpoint.load_model_weights(model, path)
-    result = evaluate(model, tokenizer, args, rt)
-    if rt.is_main:
+def _dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """--dtype, else bfloat16 on a bf16-capable GPU and float32 elsewhere."""
+    if name is None:
+        name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
+def _run_logger(args, model, is_main: bool, start_step: int, resume_from: str | None) -> RunLogger:
+    sizes = count_params(model)
+    use_wandb = not args.no_wandb
+    return RunLogger(args.save_dir, enabled=is_main, resumed=resume_from is not None,
+                     run_config={"args": vars(args), "model": {**sizes, **model.config.to_dict()},
+                                 "start_step": start_step},
+                     wandb=WandbSettings(args.wandb_project, args.wandb_name,
+                                         args.tags.split(",") if args.tags else None) if use_wandb else None)
+
+
+def _next_batch(batches, state: TrainState, total: int) -> dict:
+    try:
+        return next(batches)
+    except StopIteration:
+        raise ConfigError(f"the training data ran out at update {state.update_step} of {total}; give more data or "
+                          f"fewer --num_training_steps") from None
+
+
+def _clip(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    if max_norm:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    # The norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1.
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+
+def _agree(mean_loss: torch.Tensor, local_tokens: int, stopping: bool, rt) -> tuple[float, float, float]:
+    """(loss averaged over ranks, tokens summed over ranks, number of ranks asked to stop)."""
+    stats = torch.stack([mean_loss, torch.tensor(float(local_tokens), device=rt.device),
+                         torch.tensor(float(stopping), device=rt.device)])
+    if rt.distributed:
+        dist.all_reduce(stats)
+    loss, tokens, votes = (stats / torch.tensor([rt.world_size, 1, 1], device=rt.device)).tolist()
+    return loss, tokens, votes
+
+
+def _likely_cause(tokens: float, grad_norm: float, optimizer) -> str:
+    """The causes the loop can tell apart, most specific first."""
+    if tokens == 0 or grad_norm == 0:
+        return ("nothing to predict in this update (empty documents, or sequences of one token): check the data "
+                "and --max_length")
+    bad = [g.get("name", "?") for g in optimizer.param_groups if not math.isfinite(g["weight_decay"])]
+    if bad:
+        return (f"the weight decay of {bad[0]} is not finite: check --weight_decay, --wd_max_ratio and "
+                f"--esd_metric_for_tb")
+    return "likely a too high learning rate: lower --lr, add --grad_clipping, or pass --on_nonfinite skip"
+
+
+def _non_finite(policy: str, state: TrainState, loss: float, grad_norm: float, tokens: float, optimizer,
+                log: RunLogger) -> None:
+    """--on_nonfinite stop: raise (every rank sees the same values); skip: count it and warn."""
+    if policy == "stop":
+        log.write({"type": "error", "step": state.update_step + 1, "error": "non-finite", "loss": loss,
+                   "grad_norm": grad_norm})
+        raise NonFiniteError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at update "
+                             f"{state.update_step + 1} (loss={loss}, grad_norm={grad_norm}); "
+                             f"{_likely_cause(tokens, grad_norm, optimizer)}")
+    state.skipped_updates += 1
+    print(f"warning: skipped update {state.update_step + 1}: non-finite loss or gradient "
+          f"({state.skipped_updates} skipped so far)", file=sys.stderr)
+
+
+def evaluate_checkpoint(model, path: str, evaluator: Evaluator, is_main: bool) -> dict:
+    load_model_weights(model, path)
+    result = evaluator(model)
+    if is_main:
         print(json.dumps({"checkpoint": path, **result}))
-    teardown()
     return result
 
 
-def main(argv=None) -> int:
-    """Entry point: a clean one-line error and exit code 2 for bad input, 1 for a failed run."""
+def main(argv=None, callbacks: Sequence[Callback] = ()) -> int:
+    """Entry point: one-line error and exit code 2 for bad input, 1 for a failed run; any other exception
+    ends the run (workers and process group included) with its traceback."""
     try:
         args = parse_args(argv, world_size=world_size_from_env())
-        train(args)
+        train(args, callbacks)
         return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -256,3 +278,15 @@ def main(argv=None) -> int:
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        if not _peer_failed(e):
+            raise
+        # A peer rank failed first and printed its traceback; this rank only lost its connection.
+        print(f"error: rank {os.environ.get('RANK', '?')} stopped because another rank failed "
+              f"({one_line(e, 200)})", file=sys.stderr)
+        return 1
+
+
+def _peer_failed(error: RuntimeError) -> bool:
+    text = str(error)
+    return isinstance(error, dist.DistError) or "closed by peer" in text or "reset by peer" in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from .errors import ConfigError
+from ..errors import ConfigError, one_line
 
 
 def build_model(config_path: str, *, dtype: torch.dtype, device: torch.device, seed: int,
@@ -13,7 +13,7 @@ def build_model(config_path: str, *, dtype: torch.dtype, device: torch.device, s
         config = AutoConfig.from_pretrained(config_path)
     except (ValueError, OSError) as e:
         raise ConfigError(f"model config {config_path!r} cannot be read by transformers "
-                          f"({str(e).splitlines()[0]}); copy a file from configs/") from None
+                          f"({one_line(e)}); copy a file from configs/") from None
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
@@ -34,9 +34,18 @@ def vocab_guard(model: torch.nn.Module, tokenizer):
 
     The T5 tokenizer has 32,100 ids (100 sentinel <extra_id_N>) while the paper's models have 32,000
     rows: a document containing a sentinel string would index past the embedding.
+
+    Only such added special tokens may lie past the embedding: a tokenizer whose ordinary vocabulary does
+    not fit the model would turn real text into <unk> and give a meaningless perplexity, so it is refused.
     """
     vocab = model.config.vocab_size
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
     if len(tokenizer) <= vocab:
         return lambda ids: ids
+    added = tokenizer.get_added_vocab()
+    regular = max((i for tok, i in tokenizer.get_vocab().items() if tok not in added), default=-1)
+    if regular >= vocab:
+        raise ConfigError(f"the tokenizer's vocabulary (ids up to {regular}) does not fit the model's {vocab} "
+                          f"embeddings; pass the tokenizer the model was made for (--tokenizer) or a model config "
+                          f"with vocab_size >= {regular + 1}")
     return lambda ids: ids.masked_fill(ids >= vocab, unk)

@@ -1,6 +1,7 @@
 """Process setup: torchrun (NCCL on GPUs, gloo on CPU) or one plain process, no code change."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 
 
 @dataclass
@@ -56,22 +57,56 @@ def setup(requested_device: str = "auto") -> Runtime:
     return Runtime(rank, local_rank, world, device)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
+def teardown(clean: bool = True) -> None:
+    """Destroy the process group. ``clean``: every rank got here together (a finished or agreed stop)."""
+    if not dist.is_initialized():
+        return
+    if clean:
         # Every rank reaches this point before the group goes away; tearing gloo down while a peer
         # is still using it can abort the process at exit.
         dist.barrier()
+    try:
         dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a peer that already failed can make the group's shutdown fail too
+        pass
+
+
+@contextlib.contextmanager
+def process_group(rt: Runtime):
+    """Destroys the process group however the block ends. Only a finished run or an error that every rank
+    raised together (NonFiniteError) waits for the others first; after any other error a peer may be gone."""
+    try:
+        yield
+    except NonFiniteError:
+        teardown(clean=True)
+        raise
+    except BaseException:
+        teardown(clean=False)
+        raise
+    teardown(clean=True)
 
 
 class StopSignal:
-    """SIGTERM/SIGINT set a flag; the loop finishes the update in flight, checkpoints and exits."""
+    """SIGTERM/SIGINT set a flag; the loop finishes the update in flight, checkpoints and exits.
+
+    A context manager: the previous handlers come back on leaving. ``request()`` sets the flag as a
+    signal would (for callers that stop a run from code).
+    """
 
     def __init__(self):
         self.received: int | None = None
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        self.received = signum
 
     def _handle(self, signum, frame):
         if self.received is not None and signum == signal.SIGINT:

@@ -24,7 +24,7 @@ import zlib
 
 import datasets
 
-from .errors import ConfigError
+from ..errors import ConfigError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +37,6 @@ _FIX = f"pass a file, folder or glob of {'/'.join(DATA_SUFFIXES)} files"
 
 def _is_data_file(path: str) -> bool:
     return path.lower().endswith(DATA_SUFFIXES)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def resolve_data_files(path: str) -> list[str]:
@@ -91,7 +86,7 @@ def load_documents(path: str | None, split: str) -> datasets.IterableDataset:
         except Exception as error:  # noqa: BLE001 - any failure here means "the hub copy is unusable"
             raise ConfigError(
                 f"could not open the hub dataset {HUB_DATASET[0]} '{HUB_DATASET[1]}' split '{split}' "
-                f"({type(error).__name__}: {_one_line(error)}); pass --dataset_path/--eval_dataset_path with local "
+                f"({type(error).__name__}: {one_line(error)}); pass --dataset_path/--eval_dataset_path with local "
                 f"C4 files (e.g. a folder of c4-*.json.gz)") from None
     files = resolve_data_files(path)
     return datasets.IterableDataset.from_generator(_read_documents, features=FEATURES, gen_kwargs={"files": files})
@@ -113,7 +108,7 @@ def _read_documents(files: list[str]):
                         yield from _read_json(file, handle)
         except (OSError, EOFError, zlib.error) as error:
             kind = "corrupt or truncated gzip" if name.endswith(".gz") else "unreadable file"
-            raise ConfigError(f"cannot read '{file}' ({kind}: {_one_line(error)}); re-download or remove that "
+            raise ConfigError(f"cannot read '{file}' ({kind}: {one_line(error)}); re-download or remove that "
                               f"file") from None
 
 
@@ -145,7 +140,7 @@ def _read_json(file: str, handle):
         try:
             records = json.loads(first + handle.read())
         except (UnicodeDecodeError, ValueError) as error:
-            raise ConfigError(f"'{file}' is not valid JSON ({_one_line(error)}); fix or remove that file") from None
+            raise ConfigError(f"'{file}' is not valid JSON ({one_line(error)}); fix or remove that file") from None
         for index, record in enumerate(records):
             yield _record(file, f"item {index}", record, warned)
         return
@@ -160,7 +155,7 @@ def _read_json(file: str, handle):
         try:
             record = json.loads(line)
         except ValueError as error:
-            raise ConfigError(f"'{file}' line {lineno} is not valid JSON ({_one_line(error)}); fix or remove that "
+            raise ConfigError(f"'{file}' line {lineno} is not valid JSON ({one_line(error)}); fix or remove that "
                               f"file") from None
         yield _record(file, f"line {lineno}", record, warned)
 
@@ -222,7 +217,7 @@ def _read_parquet(file: str):
                     raise ConfigError(f"'{file}': the 'text' column holds {type(value).__name__} values, not "
                                       f"strings; every record needs a string 'text' field")
     except (pa.ArrowException, OSError) as error:
-        raise ConfigError(f"cannot read '{file}' (corrupt parquet: {_one_line(error)}); re-download or remove that "
+        raise ConfigError(f"cannot read '{file}' (corrupt parquet: {one_line(error)}); re-download or remove that "
                           f"file") from None
 
 

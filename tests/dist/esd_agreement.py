@@ -18,9 +18,9 @@ with torch.no_grad():
     for p in model.parameters():
         p.add_(torch.randn_like(p) * 1e-6 * rank)
 shared = alphadecay.AlphaDecay(model, 1e-5)
-shared.param_groups()
+shared.initial_assignment()
 alone = alphadecay.AlphaDecay(model, 1e-5, distributed=False)
-alone.param_groups()
+alone.initial_assignment()
 out = {"shared": shared.decays, "alone": alone.decays,
        "analyze": {n: s["alpha"] for n, s in alphadecay.analyze(model).items()}}
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:

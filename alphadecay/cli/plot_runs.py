@@ -1,6 +1,6 @@
 """Figures from training runs' metrics.jsonl files.
 
-    python -m alphadecay.plot_runs RUN [RUN ...] --out OUTDIR [--labels L ...] [--smooth 0.6]
+    alphadecay plot-runs RUN [RUN ...] --out OUTDIR [--labels L ...] [--smooth 0.6]
 
 RUN is a run folder holding metrics.jsonl, or the file itself. Writes loss.png, eval_ppl.png,
 type_mean_alpha.png and weight_decay.png (a figure whose records no run has is skipped, with a note).
@@ -8,7 +8,6 @@ type_mean_alpha.png and weight_decay.png (a figure whose records no run has is s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -17,8 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import plots
-from .analysis import MODULE_TYPES, module_type
+from .. import plots
+from ..analysis import MODULE_TYPES, module_type
+from ..metrics import read_metrics
+from . import OneLineParser
 
 
 @dataclass
@@ -42,46 +43,11 @@ def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def resolve(path: str) -> str:
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no metrics.jsonl at {path}")
-    return path
-
-
-def default_label(metrics_path: str) -> str:
-    return os.path.basename(os.path.dirname(os.path.abspath(metrics_path))) or metrics_path
-
-
 def read_run(path: str, label: str | None = None) -> Run:
-    """Parse one metrics.jsonl; for a repeated (type, step), as after a resume, the last record wins."""
-    metrics_path = resolve(path)
-    run = Run(label or default_label(metrics_path), metrics_path)
-    latest: dict[tuple[str, int], dict] = {}
-    with open(metrics_path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                # A run killed mid-write leaves a truncated last line; the rest of the file is still good.
-                run.skipped_lines += 1
-                continue
-            if not isinstance(rec, dict) or "type" not in rec:
-                run.skipped_lines += 1
-                continue
-            if rec["type"] == "config":
-                run.config = rec.get("config") or {}
-                continue
-            latest[(rec["type"], int(rec.get("step", 0)))] = rec
-    by_type = defaultdict(list)
-    for (kind, step), rec in sorted(latest.items(), key=lambda kv: kv[0][1]):
-        by_type[kind].append({**rec, "step": step})
-    run.records = dict(by_type)
-    return run
+    """One run's records (alphadecay.metrics: for a repeated (type, step), the last record wins)."""
+    log = read_metrics(path)
+    return Run(label or os.path.basename(log.folder) or log.path, log.path, log.config or {}, log.records,
+               log.bad_lines)
 
 
 def _unique_labels(runs: list[Run]) -> None:
@@ -224,7 +190,7 @@ def make_plots(runs: list[Run], out_dir: str, smooth: float = 0.0) -> dict[str, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m alphadecay.plot_runs",
+    p = OneLineParser(prog="alphadecay plot-runs",
                                 description="Plot loss, perplexity, per-type alpha and decays of training runs.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder containing metrics.jsonl, or the file itself")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="folder for the PNGs")

@@ -1,46 +1,36 @@
 """Spectral analysis of a saved model: per-module PL alpha and the decay AlphaDecay would assign.
 
-    python -m alphadecay.analyze PATH [--json FILE|-] [--csv FILE|-] [--plot DIR] [options]
+    alphadecay analyze PATH [--json FILE|-] [--csv FILE|-] [--plot DIR] [options]
 
 PATH is a folder written by ``save_pretrained`` (or a hub name when online). The decays come from
 ``alphadecay.AlphaDecay`` itself, so the table shows exactly what training would start from.
-
-Importing this submodule replaces the package attribute ``alphadecay.analyze`` (the function) with
-the module; the module is therefore made callable at the bottom of this file, and
-``alphadecay.analyze(model)`` keeps working either way.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
 import os
 import re
 import sys
-import types
 
 import torch
 
-from .cli import parse_bool
-from .analysis import MODULE_TYPES, module_type
-from .analysis import analyze as _analyze_fn
-from .assign import ASSIGN_FUNCS
-from .powerlaw import PL_FITTINGS
+from ..analysis import MODULE_TYPES, analyze, module_type
+from ..assign import ASSIGN_FUNCS
+from ..errors import ConfigError, one_line
+from ..powerlaw import PL_FITTINGS
+from . import OneLineParser, parse_bool
 
 TABLE_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy")
 # Scores that can drive the assignment without gradients (a saved model has none).
 WEIGHT_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy")
-NOT_FOUND = "error: no model found at {path}: {reason}; pass a folder written by save_pretrained or a hub name"
-
-
-class UsageError(Exception):
-    """A problem the user can fix from the command line: printed as one line, exit code 2."""
+NOT_FOUND = "no model found at {path}: {reason}; pass a folder written by save_pretrained or a hub name"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m alphadecay.analyze",
+    p = OneLineParser(prog="alphadecay analyze",
                                 description="Per-module heavy-tail (ESD) analysis of a Hugging Face causal LM and the "
                                             "weight decays AlphaDecay would assign to it.")
     p.add_argument("path", metavar="PATH", help="folder written by save_pretrained, or a hub model name")
@@ -90,12 +80,12 @@ def load_model(path: str):
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
-            raise UsageError(NOT_FOUND.format(path=path, reason="not a folder"))
+            raise ConfigError(NOT_FOUND.format(path=path, reason="not a folder"))
         if not os.path.isfile(os.path.join(expanded, "config.json")):
-            raise UsageError(NOT_FOUND.format(path=path, reason="the folder has no config.json"))
+            raise ConfigError(NOT_FOUND.format(path=path, reason="the folder has no config.json"))
         path = expanded
     elif _looks_local(path):
-        raise UsageError(NOT_FOUND.format(path=path, reason="no such folder"))
+        raise ConfigError(NOT_FOUND.format(path=path, reason="no such folder"))
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
@@ -108,43 +98,14 @@ def load_model(path: str):
     try:
         AutoConfig.from_pretrained(path)
     except Exception as e:  # OSError, ValueError, HTTP errors: all mean "nothing loadable here"
-        raise UsageError(NOT_FOUND.format(path=path, reason=_first_line(e))) from None
+        raise ConfigError(NOT_FOUND.format(path=path, reason=one_line(e))) from None
     try:
         # transformers 5 takes dtype= (torch_dtype= is deprecated) and always loads low-memory;
         # "auto" keeps the saved dtype, so a bf16 1B model takes ~2.5 GB instead of 5.
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map=None)
     except Exception as e:
-        raise UsageError(f"error: cannot load {path} as a causal LM: {_first_line(e)}") from None
+        raise ConfigError(f"cannot load {path} as a causal LM: {one_line(e)}") from None
     return model.eval()
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
-
-
-@contextlib.contextmanager
-def _reuse_scores(stats: dict):
-    """Let the policy's initial assignment reuse ``stats`` instead of repeating the ESD.
-
-    The ESD is the expensive part (minutes for a 1B model on CPU); ``analyze`` and the strategy call
-    the same ``score_modules`` with the same options, so handing the strategy the table already
-    computed is exact. If the strategy's internals change so that this hook no longer applies, the
-    only cost is a second ESD pass.
-    """
-    from . import strategies
-    original = strategies.score_modules
-
-    def cached(model, metric="alpha", linears=None, **kw):
-        if metric != "gradnorm" and linears is not None and all(n in stats for n, _ in linears):
-            return {n: stats[n] for n, _ in linears}
-        return original(model, metric, linears, **kw)
-
-    strategies.score_modules = cached
-    try:
-        yield
-    finally:
-        strategies.score_modules = original
 
 
 def layer_index(name: str) -> int | None:
@@ -159,16 +120,15 @@ def estimator_options(args) -> dict:
 
 def build_report(model, args) -> dict:
     """{"modules": {name: metrics + layer/type/shape/weight_decay/balanced}, "type_mean_alpha": ...}."""
-    from .esd import linear_modules
-    from .strategies import AlphaDecay
+    from ..esd import linear_modules
+    from ..strategies import AlphaDecay
     opts = estimator_options(args)
-    stats = _analyze_fn(model, distributed=False, **opts)
+    stats = analyze(model, distributed=False, **opts)
     policy = AlphaDecay(model, args.weight_decay, wd_min_ratio=args.wd_min_ratio, wd_max_ratio=args.wd_max_ratio,
                         assign_func=args.assign_func, metric=args.esd_metric_for_tb,
                         remove_first_layer=args.remove_first_layer, remove_last_layer=args.remove_last_layer,
                         eigs_thresh=args.eigs_thresh, analysis=opts, distributed=False)
-    with _reuse_scores(stats):
-        policy.param_groups()  # runs the initial assignment, as training does before step 0
+    policy.initial_assignment(scores=stats)   # what training assigns before step 0, from the same ESD
     balanced = set(policy.balanced(stats))
     modules = {}
     for name, module in linear_modules(model):
@@ -255,9 +215,9 @@ def _plot_targets(names: list[str], substrings: list[str] | None) -> list[str]:
 def write_plots(model, report: dict, args, out_dir: str) -> list[str]:
     import numpy as np
 
-    from . import plots
-    from .esd import eigenvalues, farms_eigenvalues, linear_modules
-    from .powerlaw import fit_power_law
+    from .. import plots
+    from ..esd import eigenvalues, farms_eigenvalues, linear_modules
+    from ..powerlaw import fit_power_law
     os.makedirs(out_dir, exist_ok=True)
     opts = estimator_options(args)
     linears = dict(linear_modules(model))
@@ -295,17 +255,40 @@ def write_plots(model, report: dict, args, out_dir: str) -> list[str]:
     return written
 
 
+def check_args(args) -> None:
+    """Everything the ESD pass does not need to know, checked before it runs (minutes on a 1B model)."""
+    for flag, ok, need in (("--weight_decay", args.weight_decay >= 0, ">= 0"),
+                           ("--wd_min_ratio", 0 <= args.wd_min_ratio <= args.wd_max_ratio, "in [0, --wd_max_ratio]"),
+                           ("--xmin_pos", args.xmin_pos >= 1, ">= 1"),
+                           ("--eigs_thresh", args.eigs_thresh >= 0, ">= 0")):
+        if not (ok and math.isfinite(float(getattr(args, flag[2:])))):
+            raise ConfigError(f"{flag} must be {need}, got {getattr(args, flag[2:])}; pass a valid value")
+    for flag in ("json", "csv"):
+        dest = getattr(args, flag)
+        if dest and dest != "-":
+            parent = os.path.dirname(os.path.abspath(dest))
+            if os.path.isdir(dest) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                raise ConfigError(f"--{flag} {dest!r} cannot be written (a folder, or its folder is missing or "
+                                  f"read-only); pass a file path in a writable folder or '-'")
+    if args.plot:
+        if os.path.exists(args.plot) and not os.path.isdir(args.plot):
+            raise ConfigError(f"--plot {args.plot!r} is a file; pass a folder for the PNGs")
+        existing = args.plot
+        while not os.path.exists(existing):
+            existing = os.path.dirname(os.path.abspath(existing))
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"--plot {args.plot!r} cannot be created ({existing!r} is read-only); pass a writable "
+                              f"folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.json == "-" and args.csv == "-":
         parser.error("--json - and --csv - both want stdout; send one of them to a file")
+    check_args(args)
     machine_stdout = "-" in (args.json, args.csv)
-    try:
-        model = load_model(args.path)
-    except UsageError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+    model = load_model(args.path)
     with torch.no_grad():
         report = build_report(model, args)
     meta = {"model": args.path, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -329,14 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _CallableModule(types.ModuleType):
-    """The module object doubles as the ``analyze`` function it shadows on the package."""
-
-    def __call__(self, *args, **kwargs):
-        return _analyze_fn(*args, **kwargs)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
-else:
-    sys.modules[__name__].__class__ = _CallableModule
+    from . import run_tool
+    sys.exit(run_tool(main))

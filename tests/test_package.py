@@ -1,0 +1,40 @@
+"""The package installs with pip and imports the spectral core without the training stack."""
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_pip_install_then_import_from_outside_the_repository(tmp_path):
+    venv = tmp_path / "venv"
+    # --system-site-packages: torch (and the rest) come from this environment; the package itself is
+    # installed (not editable) into the venv, whose site-packages come first.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(REPO)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = ("import sys, alphadecay; print(alphadecay.__file__); "
+             "print(sorted(m for m in ('datasets', 'wandb', 'matplotlib', 'transformers') if m in sys.modules)); "
+             "import types; print(isinstance(alphadecay.analyze, types.FunctionType))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path, loaded, is_function = out.stdout.strip().splitlines()
+    assert path.startswith(str(venv)), path          # the installed copy, not this checkout
+    assert loaded == "[]" and is_function == "True"
+    cli = subprocess.run([str(venv / "bin" / "alphadecay"), "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert cli.returncode == 0 and "analyze" in cli.stdout and "plot-runs" in cli.stdout
+    sub = subprocess.run([str(venv / "bin" / "alphadecay"), "analyze", "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert sub.returncode == 0 and "--weight_decay" in sub.stdout
+
+
+def test_no_test_hooks_in_the_package():
+    for root, _, files in os.walk(REPO / "alphadecay"):
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(root, name), encoding="utf-8").read()
+                assert "ALPHADECAY_" not in text, name
