@@ -9,8 +9,8 @@ import torch.nn as nn
 from .distributed import sharded_rows
 from .esd import METRICS, linear_modules, weight_metrics
 
-# The paper's module types and the names LLaMA (and GPT-2) give them.
-MODULE_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
+# The paper's module types and the names LLaMA (and GPT-2) give them; "qkv" is GPT-2's fused c_attn.
+MODULE_TYPES = ("q", "k", "v", "qkv", "o", "gate", "up", "down")
 _TYPE_OF_SUFFIX = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
                    "up_proj": "up", "down_proj": "down", "c_attn": "qkv", "c_fc": "up"}
 

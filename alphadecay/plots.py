@@ -20,7 +20,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from .analysis import MODULE_TYPES
 
 # One colour per module type everywhere, so q is the same colour in every figure of a report.
-TYPE_COLORS = dict(zip(MODULE_TYPES, ("#1f77b4", "#17becf", "#2ca02c", "#9467bd", "#d62728", "#ff7f0e", "#8c564b")))
+TYPE_COLORS = dict(zip(MODULE_TYPES, ("#1f77b4", "#17becf", "#2ca02c", "#7f7f7f", "#9467bd", "#d62728", "#ff7f0e",
+                                      "#8c564b")))
 RUN_STYLES = ("-", "--", ":", "-.")
 
 

@@ -156,9 +156,10 @@ class ModuleWise(DecayStrategy):
     """Per-module decays from a per-module score (an ESD metric or the gradient norm).
 
     Modules left out of the balancing keep ``weight_decay``: the first and last linear module
-    (``remove_first_layer``/``remove_last_layer``), modules with fewer than ``eigs_thresh``
-    eigenvalues (ESD metrics only), and modules whose score is not finite (zero or NaN weights,
-    no gradient yet) or, for tb_sqrt/tb_log2, not positive.
+    (``remove_first_layer``/``remove_last_layer``), frozen modules (weight with ``requires_grad``
+    False: no optimizer group holds them), modules with fewer than ``eigs_thresh`` eigenvalues (ESD
+    metrics only), and modules whose score is not finite (zero or NaN weights, no gradient yet) or,
+    for tb_sqrt/tb_log2, not positive.
     """
     name = "modulewise"
 
@@ -179,6 +180,9 @@ class ModuleWise(DecayStrategy):
         self.wd_min_ratio, self.wd_max_ratio = float(wd_min_ratio), float(wd_max_ratio)
         self.remove_first_layer, self.remove_last_layer = remove_first_layer, remove_last_layer
         self.eigs_thresh, self.sigmoid_alpha = int(eigs_thresh), float(sigmoid_alpha)
+        if assign_func == "layerwise_sigmoid" and not any(_BLOCK.search(n) for n, _ in self.linears):
+            raise ValueError("assign_func 'layerwise_sigmoid' z-scores within transformer blocks, but no linear module "
+                             "name holds a block index (like 'layers.3.'); use tb_linear_map for this model")
 
     def param_groups(self) -> list[dict]:
         """One group per linear module plus ``other``, at the current decays (no analysis here)."""
@@ -194,6 +198,10 @@ class ModuleWise(DecayStrategy):
     def due(self, step: int) -> bool:
         return step % self.update_every == 0
 
+    @property
+    def _frozen(self) -> set[str]:
+        return {n for n, m in self.linears if not m.weight.requires_grad}
+
     def balanced(self, scores: dict[str, dict]) -> list[str]:
         names = [n for n, _ in self.linears]
         skip = set()
@@ -201,10 +209,10 @@ class ModuleWise(DecayStrategy):
             skip.add(names[0])
         if self.remove_last_layer and names:
             skip.add(names[-1])
-        chosen = []
+        chosen, frozen = [], self._frozen
         for n in names:
             s = scores[n][self.metric]
-            if n in skip or not math.isfinite(s):
+            if n in skip or not math.isfinite(s) or n in frozen:
                 continue
             if self.metric != "gradnorm" and scores[n]["num_eigs"] < self.eigs_thresh:
                 continue
@@ -230,9 +238,12 @@ class ModuleWise(DecayStrategy):
         return self._record(step, alphas, metric_scores, self.metric)
 
 
+_BLOCK = re.compile(r"\.(\d+)\.")
+
+
 def _layer_of(name: str) -> str:
     # Transformer block index: "model.layers.3.mlp.up_proj" -> "3" (the release splits on '.').
-    m = re.search(r"\.(\d+)\.", name)
+    m = _BLOCK.search(name)
     return m.group(1) if m else name
 
 

@@ -81,6 +81,7 @@ def watched(monkeypatch):
         port = s.getsockname()[1]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     seen["wandb"] = wandb_run
+    seen["children_before"] = set(multiprocessing.active_children())   # other tests' loaders may still live
     yield seen
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -91,7 +92,7 @@ def assert_all_closed(seen, wandb_exit_code):
     assert seen["wandb"].finished == wandb_exit_code
     assert seen["bar"].disable                                  # tqdm.close() sets it
     assert seen["loader"]._batches is None                     # workers stopped
-    assert not multiprocessing.active_children()
+    assert not set(multiprocessing.active_children()) - seen["children_before"]
     assert not dist.is_initialized()
 
 

@@ -1,5 +1,6 @@
 """The package installs with pip and imports the spectral core without the training stack."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,12 @@ def test_pip_install_then_import_from_outside_the_repository(tmp_path):
     # installed (not editable) into the venv, whose site-packages come first.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(REPO)], capture_output=True,
+    # Built from a copy: setuptools writes build/ and *.egg-info into the source tree.
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "alphadecay", src / "alphadecay", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(src)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = ("import sys, alphadecay; print(alphadecay.__file__); "

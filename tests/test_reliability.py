@@ -159,3 +159,30 @@ def test_two_ranks_hold_identical_weights_and_decays(tmp_path):
     assert r0["weights"] == r1["weights"]
     assert r0["decays"] == r1["decays"]
     assert len(set(r0["decays"].values())) > 2
+
+
+def test_wandb_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):
+    import wandb
+    from alphadecay.training import logger
+    calls = []
+
+    class Run:
+        id = "offline-run"
+
+        def log(self, *a, **k):
+            pass
+
+        def finish(self, exit_code=0):
+            calls.append(("finish", exit_code))
+
+    def init(**kw):
+        calls.append(kw.get("mode") or kw["settings"].init_timeout)
+        if kw.get("mode") != "offline":
+            raise TimeoutError("no network")
+        return Run()
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    argv = [a for a in tiny_run_flags(tmp_path, steps=2) if a != "--no_wandb"] + data_flags(DATA_DIR)
+    with pytest.warns(UserWarning, match="logging offline"):
+        assert run_main(argv) == 0
+    assert calls == [logger.WANDB_INIT_TIMEOUT, "offline", ("finish", 0)] and logger.WANDB_INIT_TIMEOUT <= 30

@@ -202,3 +202,31 @@ def test_unknown_options_raise():
         AlphaDecay(model, WD, metric="nope")
     with pytest.raises(ValueError, match="strategy"):
         build_strategy("nope", model, WD)
+
+
+def test_gpt2_fused_qkv_is_counted_as_its_own_type():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=300, n_positions=64))
+    a = AlphaDecay(model, WD).initial_assignment()
+    assert {"qkv", "o", "up", "down"} <= set(a.type_mean_alpha())
+
+
+def test_layerwise_sigmoid_needs_blocks():
+    flat = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="no linear module name holds a block index"):
+        AdaDecay(flat, WD)
+    AdaDecay(tiny_llama(), WD)    # LLaMA's layers.N. names are blocks
+
+
+def test_frozen_modules_are_left_out_of_the_balancing():
+    model = tiny_llama()
+    frozen = "model.layers.1.mlp.up_proj"
+    model.get_submodule(frozen).weight.requires_grad_(False)
+    policy = AlphaDecay(model, WD)
+    groups = policy.param_groups()
+    assert frozen not in {g["name"] for g in groups}
+    assert all(p.requires_grad for g in groups for p in g["params"])
+    policy.initial_assignment()
+    assert policy.decays[frozen] == WD
+    assert frozen not in policy.balanced({n: {"alpha": 2.0, "num_eigs": 64} for n, _ in policy.linears})

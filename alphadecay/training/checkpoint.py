@@ -178,8 +178,15 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
 
 
 def _has_run(save_dir: str) -> bool:
-    return os.path.isfile(os.path.join(save_dir, "metrics.jsonl")) or any(
-        _CKPT_RE.match(n) for n in (os.listdir(save_dir) if os.path.isdir(save_dir) else ()))
+    """Checkpoints, or a metrics.jsonl with at least one update logged (a start that failed before its first
+    update has nothing to lose and must not block the retry)."""
+    if any(_CKPT_RE.match(n) for n in (os.listdir(save_dir) if os.path.isdir(save_dir) else ())):
+        return True
+    metrics = os.path.join(save_dir, "metrics.jsonl")
+    if not os.path.isfile(metrics):
+        return False
+    with open(metrics, encoding="utf-8", errors="replace") as f:
+        return any('"type": "train"' in line for line in f)
 
 
 class Checkpointer:
@@ -208,15 +215,13 @@ class Checkpointer:
                 os.replace(self.save_dir, aside)
                 print(f"--overwrite: the previous run in {self.save_dir} was moved to {aside}", flush=True)
         if self.rank == 0:
-            try:
-                os.makedirs(self.save_dir, exist_ok=True)
-                probe = os.path.join(self.save_dir, f".write-test-{os.getpid()}")
-                with open(probe, "w") as f:
-                    f.write("ok")
-                os.remove(probe)
-            except OSError as e:
-                raise ConfigError(f"cannot write to --save_dir {self.save_dir!r} ({e.strerror}); "
-                                  f"pass a writable folder") from None
+            # Checked without creating anything: a start that fails later leaves no empty folder behind.
+            existing = os.path.abspath(self.save_dir)
+            while not os.path.exists(existing):
+                existing = os.path.dirname(existing)
+            if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"cannot write to --save_dir {self.save_dir!r} ({existing!r} is not a writable "
+                                  f"folder); pass a writable folder")
 
     def resolve(self, continue_from: str | None) -> str | None:
         return resolve(continue_from, self.save_dir)

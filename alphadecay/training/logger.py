@@ -31,6 +31,9 @@ def _clean(v):
     return v
 
 
+WANDB_INIT_TIMEOUT = 20   # seconds
+
+
 @dataclass
 class WandbSettings:
     project: str
@@ -73,9 +76,16 @@ class RunLogger:
             if os.path.isfile(id_file):
                 with open(id_file) as f:
                     run_id = json.load(f).get("wandb_id")
-            self.wandb = wandb.init(project=settings.project, name=settings.name, id=run_id, resume="allow",
-                                    config={**run_config["args"], "model": run_config["model"]},
-                                    tags=settings.tags, dir=save_dir)
+            kwargs = dict(project=settings.project, name=settings.name, id=run_id, resume="allow",
+                          config={**run_config["args"], "model": run_config["model"]}, tags=settings.tags,
+                          dir=save_dir)
+            try:
+                # A bounded wait: without a network wandb would otherwise hold the start for its 90 s default.
+                self.wandb = wandb.init(**kwargs, settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT))
+            except Exception as e:  # noqa: BLE001 - no network, no key, a server error: go on offline
+                warnings.warn(f"wandb could not start online ({one_line(e, 150)}); logging offline to {save_dir} "
+                              f"(upload later with `wandb sync`)", stacklevel=3)
+                self.wandb = wandb.init(**kwargs, mode="offline")
             with open(id_file, "w") as f:
                 json.dump({"wandb_id": self.wandb.id}, f)
         except Exception as e:  # wandb must never stop a training run
