@@ -4,6 +4,7 @@
     stats = alphadecay.analyze(model)
     policy = alphadecay.AlphaDecay(model, weight_decay=1e-5, wd_min_ratio=0.6666, wd_max_ratio=3.0, update_every=500)
     optimizer = torch.optim.AdamW(policy.param_groups(), lr=1e-3)
+    policy.initial_assignment(optimizer)   # decays from the initial weights
     ...
     policy.step(optimizer, step)   # after backward, before optimizer.step()
 """
@@ -17,4 +18,4 @@ from .strategies import (AWD, STRATEGIES, AdaDecay, AlphaDecay, Assignment, Deca
 __all__ = ["analyze", "module_type", "score_modules", "assign", "eigenvalues", "linear_modules", "weight_metrics",
            "fit_power_law", "AWD", "STRATEGIES", "AdaDecay", "AlphaDecay", "Assignment", "DecayStrategy", "NoDecay",
            "Uniform", "build_strategy"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,4 +1,4 @@
-"""Matplotlib helpers shared by ``alphadecay.analyze --plot`` and ``alphadecay.plot_runs``.
+"""Matplotlib helpers shared by ``alphadecay analyze --plot`` and ``alphadecay plot-runs``.
 
 Figures are built with ``matplotlib.figure.Figure`` and saved through the Agg canvas, never through
 pyplot: nothing opens a window, nothing changes the caller's backend (a notebook importing this keeps

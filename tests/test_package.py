@@ -44,3 +44,13 @@ def test_no_test_hooks_in_the_package():
             if name.endswith(".py"):
                 text = open(os.path.join(root, name), encoding="utf-8").read()
                 assert "ALPHADECAY_" not in text, name
+
+
+def test_example_runs_from_the_installed_package(tmp_path):
+    example = REPO / "examples" / "hf_trainer.py"
+    assert "sys.path" not in example.read_text()
+    proc = subprocess.run([sys.executable, str(example), "--max_steps", "4", "--update_every", "2",
+                           "--output_dir", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 assignments; at step 2" in proc.stdout   # step 0 (create_optimizer) and step 2
