@@ -129,3 +129,19 @@ def test_a_crash_on_one_rank_with_workers_ends_the_job_promptly(tmp_path):
     assert took < 60, f"took {took:.0f}s"
     assert proc.stderr.count("RuntimeError: injected failure in update 3") == 1   # one traceback, rank 1's
     assert "rank 0 stopped because another rank failed" in proc.stderr              # the peer: one line
+
+
+def test_sigterm_during_the_final_evaluation_still_writes_the_final_record(tmp_path, monkeypatch):
+    import os
+    import signal
+    from alphadecay.training.evaluate import Evaluator
+    real = Evaluator.__call__
+
+    def evaluate_then_signal(self, model):
+        os.kill(os.getpid(), signal.SIGTERM)     # arrives while the final evaluation runs
+        return real(self, model)
+    monkeypatch.setattr(Evaluator, "__call__", evaluate_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_main(tiny_run_flags(tmp_path, steps=2) + data_flags(DATA_DIR)) == 0
+    assert records(tmp_path, "final") and (tmp_path / "model_2").is_dir()
+    assert signal.getsignal(signal.SIGTERM) == before          # the run's handler is gone again
