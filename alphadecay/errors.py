@@ -1,6 +1,8 @@
 """Errors the user can fix, and the one way they are printed: one line, the problem and the fix."""
 from __future__ import annotations
 
+import os
+
 
 class ConfigError(ValueError):
     """Bad user input. The message is one line that names the problem and the fix; exit code 2."""
@@ -14,3 +16,13 @@ def one_line(error: BaseException, limit: int = 300) -> str:
 
 class NonFiniteError(RuntimeError):
     """Training stopped on a non-finite loss or gradient norm (every rank agrees on it); exit code 1."""
+
+
+def require_writable_folder(path: str, flag: str) -> None:
+    """``path`` is a folder that exists and is writable, or can be created in one; nothing is created."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {flag} {path!r} ({existing!r} is not a writable folder); pass a "
+                          f"writable folder")

@@ -198,10 +198,6 @@ class ModuleWise(DecayStrategy):
     def due(self, step: int) -> bool:
         return step % self.update_every == 0
 
-    @property
-    def _frozen(self) -> set[str]:
-        return {n for n, m in self.linears if not m.weight.requires_grad}
-
     def balanced(self, scores: dict[str, dict]) -> list[str]:
         names = [n for n, _ in self.linears]
         skip = set()
@@ -209,7 +205,7 @@ class ModuleWise(DecayStrategy):
             skip.add(names[0])
         if self.remove_last_layer and names:
             skip.add(names[-1])
-        chosen, frozen = [], self._frozen
+        chosen, frozen = [], {n for n, m in self.linears if not m.weight.requires_grad}
         for n in names:
             s = scores[n][self.metric]
             if n in skip or not math.isfinite(s) or n in frozen:

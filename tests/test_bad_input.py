@@ -129,76 +129,40 @@ def config_like(tmp, name, **change):
     return write(tmp / name, json.dumps(cfg))
 
 
-def case_eval_batch_size_zero(tmp, a):
-    return a + ["--eval_batch_size", "0"], "--eval_batch_size must be positive"
+# Flag values: (extra flags, {flag: replaced value}, expected text of the error).
+FLAG_CASES = {
+    "eval_batch_size_zero": (["--eval_batch_size", "0"], {}, "--eval_batch_size must be positive"),
+    "negative_save_every": ([], {"--save_every": -1}, "--save_every must be >= 0"),
+    "negative_eval_every": ([], {"--eval_every": -5}, "--eval_every must be >= 0"),
+    "log_every_zero": (["--log_every", "0"], {}, "--log_every must be >= 1"),
+    "negative_keep_last": (["--keep_last_checkpoints", "-2"], {}, "--keep_last_checkpoints must be >= 0"),
+    "negative_alpha_every": (["--alpha_every", "-1"], {}, "--alpha_every must be >= 0"),
+    "negative_eigs_thresh": (["--eigs_thresh", "-3"], {}, "--eigs_thresh must be >= 0"),
+    "gradient_accumulation_zero": (["--gradient_accumulation", "0"], {}, "--gradient_accumulation must be >= 1"),
+    "total_batch_size_zero": (["--total_batch_size", "0"], {}, "--total_batch_size must be positive"),
+    "warmup_beyond_training": ([], {"--warmup_steps": 10}, "--warmup_steps 10 is beyond --num_training_steps 2"),
+    "max_length_beyond_positions": ([], {"--max_length": 100000}, "beyond the model's"),
+    "max_length_one": ([], {"--max_length": 1}, "--max_length must be at least 2"),
+    "unknown_device": (["--device", "gpu"], {}, "--device 'gpu'"),
+    "nan_lr": ([], {"--lr": "nan"}, "--lr must be positive and finite"),
+    "negative_lr": ([], {"--lr": "-0.1"}, "--lr must be positive"),
+    "infinite_ratio": (["--wd_max_ratio", "inf"], {}, "--wd_max_ratio must be"),
+    "min_lr_ratio_above_one": (["--min_lr_ratio", "2"], {}, "--min_lr_ratio must be in [0, 1]"),
+    "negative_workers": ([], {"--workers": -1}, "--workers must be >= 0"),
+    "overwrite_and_continue": (["--overwrite", "--continue_from", "latest"], {}, "pass only one of them"),
+}
 
 
-def case_negative_save_every(tmp, a):
-    return replace(a, "--save_every", -1), "--save_every must be >= 0"
+def flag_case(extra, replaced, expected):
+    def case(tmp, a):
+        for flag, value in replaced.items():
+            a = replace(a, flag, value)
+        return a + extra, expected
+    return case
 
 
-def case_negative_eval_every(tmp, a):
-    return replace(a, "--eval_every", -5), "--eval_every must be >= 0"
-
-
-def case_log_every_zero(tmp, a):
-    return a + ["--log_every", "0"], "--log_every must be >= 1"
-
-
-def case_negative_keep_last(tmp, a):
-    return a + ["--keep_last_checkpoints", "-2"], "--keep_last_checkpoints must be >= 0"
-
-
-def case_negative_alpha_every(tmp, a):
-    return a + ["--alpha_every", "-1"], "--alpha_every must be >= 0"
-
-
-def case_negative_eigs_thresh(tmp, a):
-    return a + ["--eigs_thresh", "-3"], "--eigs_thresh must be >= 0"
-
-
-def case_gradient_accumulation_zero(tmp, a):
-    return a + ["--gradient_accumulation", "0"], "--gradient_accumulation must be >= 1"
-
-
-def case_total_batch_size_zero(tmp, a):
-    return a + ["--total_batch_size", "0"], "--total_batch_size must be positive"
-
-
-def case_warmup_beyond_training(tmp, a):
-    return replace(a, "--warmup_steps", 10), "--warmup_steps 10 is beyond --num_training_steps 2"
-
-
-def case_max_length_beyond_positions(tmp, a):
-    return replace(a, "--max_length", 100000), "beyond the model's"
-
-
-def case_max_length_one(tmp, a):
-    return replace(a, "--max_length", 1), "--max_length must be at least 2"
-
-
-def case_unknown_device(tmp, a):
-    return a + ["--device", "gpu"], "--device 'gpu'"
-
-
-def case_nan_lr(tmp, a):
-    return replace(a, "--lr", "nan"), "--lr must be positive and finite"
-
-
-def case_negative_lr(tmp, a):
-    return replace(a, "--lr", "-0.1"), "--lr must be positive"
-
-
-def case_infinite_ratio(tmp, a):
-    return a + ["--wd_max_ratio", "inf"], "--wd_max_ratio must be"
-
-
-def case_min_lr_ratio_above_one(tmp, a):
-    return a + ["--min_lr_ratio", "2"], "--min_lr_ratio must be in [0, 1]"
-
-
-def case_negative_workers(tmp, a):
-    return replace(a, "--workers", -1), "--workers must be >= 0"
+for _name, _spec in FLAG_CASES.items():
+    globals()[f"case_{_name}"] = flag_case(*_spec)
 
 
 def case_head_size_not_dividing(tmp, a):
@@ -225,14 +189,10 @@ def case_missing_eval_data(tmp, a):
     return replace(a, "--eval_dataset_path", tmp / "no-eval"), "--eval_dataset_path"
 
 
-def case_overwrite_and_continue(tmp, a):
-    return a + ["--overwrite", "--continue_from", "latest"], "pass only one of them"
+CASES = sorted((k[5:], v) for k, v in globals().items() if k.startswith("case_"))
 
 
-CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+@pytest.mark.parametrize("case", [c for _, c in CASES], ids=[name for name, _ in CASES])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, case):
     base = tiny_run_flags(tmp_path / "run", steps=2) + data_flags(DATA_DIR)
     argv, expected = case(tmp_path, base)

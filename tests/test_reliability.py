@@ -186,3 +186,14 @@ def test_wandb_without_network_falls_back_to_offline_quickly(tmp_path, monkeypat
     with pytest.warns(UserWarning, match="logging offline"):
         assert run_main(argv) == 0
     assert calls == [logger.WANDB_INIT_TIMEOUT, "offline", ("finish", 0)] and logger.WANDB_INIT_TIMEOUT <= 30
+
+
+def test_non_finite_advice_names_the_cause():
+    from alphadecay.training.loop import _likely_cause
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([{"params": [w], "weight_decay": 1e-5, "name": "model.layers.0.mlp.up_proj"}])
+    assert "nothing to predict" in _likely_cause(0.0, float("nan"), opt)
+    assert "nothing to predict" in _likely_cause(512.0, 0.0, opt)
+    assert "learning rate" in _likely_cause(512.0, float("nan"), opt)
+    opt.param_groups[0]["weight_decay"] = float("inf")
+    assert "weight decay of model.layers.0.mlp.up_proj is not finite" in _likely_cause(512.0, float("nan"), opt)

@@ -19,7 +19,7 @@ import torch
 
 from ..analysis import MODULE_TYPES, analyze, module_type
 from ..assign import ASSIGN_FUNCS
-from ..errors import ConfigError, one_line
+from ..errors import ConfigError, one_line, require_writable_folder
 from ..powerlaw import PL_FITTINGS
 from . import OneLineParser, parse_bool
 
@@ -271,14 +271,7 @@ def check_args(args) -> None:
                 raise ConfigError(f"--{flag} {dest!r} cannot be written (a folder, or its folder is missing or "
                                   f"read-only); pass a file path in a writable folder or '-'")
     if args.plot:
-        if os.path.exists(args.plot) and not os.path.isdir(args.plot):
-            raise ConfigError(f"--plot {args.plot!r} is a file; pass a folder for the PNGs")
-        existing = args.plot
-        while not os.path.exists(existing):
-            existing = os.path.dirname(os.path.abspath(existing))
-        if not os.access(existing, os.W_OK):
-            raise ConfigError(f"--plot {args.plot!r} cannot be created ({existing!r} is read-only); pass a writable "
-                              f"folder")
+        require_writable_folder(args.plot, "--plot")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from ..errors import ConfigError, one_line
+from ..errors import ConfigError, one_line, require_writable_folder
 
 STATE_FILE = "training_state.pt"
 _CKPT_RE = re.compile(r"^model_(\d+)$")
@@ -207,21 +207,15 @@ class Checkpointer:
         """
         if _has_run(self.save_dir) and not resuming:
             if not overwrite:
-                raise ConfigError(f"--save_dir {self.save_dir!r} already holds a run (checkpoints or metrics.jsonl); "
+                raise ConfigError(f"--save_dir {self.save_dir!r} already holds a run (checkpoints or logged updates); "
                                   f"continue it with --continue_from latest, pass --overwrite to move it aside, or "
                                   f"choose another --save_dir")
             if self.rank == 0:
                 aside = f"{self.save_dir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
                 os.replace(self.save_dir, aside)
                 print(f"--overwrite: the previous run in {self.save_dir} was moved to {aside}", flush=True)
-        if self.rank == 0:
-            # Checked without creating anything: a start that fails later leaves no empty folder behind.
-            existing = os.path.abspath(self.save_dir)
-            while not os.path.exists(existing):
-                existing = os.path.dirname(existing)
-            if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-                raise ConfigError(f"cannot write to --save_dir {self.save_dir!r} ({existing!r} is not a writable "
-                                  f"folder); pass a writable folder")
+        if self.rank == 0:   # nothing is created: a start that fails later leaves no empty folder behind
+            require_writable_folder(self.save_dir, "--save_dir")
 
     def resolve(self, continue_from: str | None) -> str | None:
         return resolve(continue_from, self.save_dir)

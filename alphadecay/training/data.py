@@ -33,7 +33,6 @@ the same sequence.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import copy
 import itertools
@@ -46,6 +45,7 @@ import torch
 from datasets.distributed import split_dataset_by_node
 
 from ..errors import ConfigError, one_line
+from . import workers
 from .encode import encode_rows
 from .text_sources import HUB_DATASET, load_documents, resolve_data_files
 
@@ -310,35 +310,6 @@ def _export(state: dict) -> dict:
     return exported
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the workers must outlive them
-    # so that the main process can finish the update in flight and checkpoint (it stops them itself).
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-_LIVE: "weakref.WeakSet" = weakref.WeakSet()   # DataLoader iterators with workers, until garbage-collected
-
-
-def _stop_workers(batches) -> None:
-    if batches is None or not hasattr(batches, "_shutdown_workers"):
-        return
-    batches._shutdown_workers()      # torch's own shutdown: done event, then join with a timeout
-    for worker in getattr(batches, "_workers", []):
-        if worker.is_alive():        # still busy after the join timeout: it ignores SIGTERM
-            worker.kill()
-            worker.join(timeout=5)
-
-
-@atexit.register
-def _stop_all_workers() -> None:
-    # Registered after multiprocessing's own exit hook, so it runs first: that hook SIGTERMs the workers
-    # (which they ignore) and then waits for them forever.
-    for batches in list(_LIVE):
-        _stop_workers(batches)
-
-
 class ResumableLoader:
     """Iterable of training batches that knows exactly which batches the training loop has taken.
 
@@ -359,11 +330,9 @@ class ResumableLoader:
         self.close()
 
     def close(self) -> None:
-        """Stop the worker processes now. Every exit path of a run must do this: the workers ignore SIGTERM
-        (see _ignore_stop_signals), so an exception that left them running would make the interpreter wait
-        for them at exit forever."""
+        """Stop the worker processes now; every exit path of a run does this (see workers.py)."""
         batches, self._batches = (self._batches() if self._batches else None), None
-        _stop_workers(batches)
+        workers.stop(batches)
 
     @property
     def skipped_documents(self) -> int:
@@ -381,11 +350,11 @@ class ResumableLoader:
         self.dataset.load_state_dict(self._state)  # workers are forked from this object: they start from here
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                              collate_fn=_keep, persistent_workers=False,
-                                             worker_init_fn=_ignore_stop_signals if self.num_workers else None)
+                                             worker_init_fn=workers.ignore_stop_signals if self.num_workers else None)
         batches = iter(loader)
         if self.num_workers:
             self._batches = weakref.ref(batches)
-            _LIVE.add(batches)
+            workers.track(batches)
         for item in batches:
             if "_error" in item:
                 raise ConfigError(item["_error"])

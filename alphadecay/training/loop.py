@@ -47,15 +47,15 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
     """One training run (or one evaluation with ``--eval_only``) from validated flags (args.parse_args)."""
     rt = setup(args.device)
     with contextlib.ExitStack() as on_exit:
-        on_exit.enter_context(process_group(rt))       # destroyed last, on every exit path
+        on_exit.enter_context(process_group())       # destroyed last, on every exit path
         torch.manual_seed(args.seed)
         random.seed(args.seed)
+        tokenizer = load_tokenizer(args.tokenizer, args.max_length)
         checkpointer = Checkpointer(args.save_dir, rank=rt.rank, world_size=rt.world_size,
-                                    keep_last=args.keep_last_checkpoints)
+                                    keep_last=args.keep_last_checkpoints, tokenizer=tokenizer)
         if not args.eval_only:
             checkpointer.prepare(resuming=args.continue_from is not None, overwrite=args.overwrite)
         resume_from = checkpointer.resolve(args.continue_from)
-        tokenizer = checkpointer.tokenizer = load_tokenizer(args.tokenizer, args.max_length)
         evaluator = Evaluator(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
                               max_length=args.max_length, target_tokens=args.target_eval_tokens,
                               rank=rt.rank, world_size=rt.world_size, device=rt.device)

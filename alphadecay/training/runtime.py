@@ -72,7 +72,7 @@ def teardown(clean: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def process_group(rt: Runtime):
+def process_group():
     """Destroys the process group however the block ends. Only a finished run or an error that every rank
     raised together (NonFiniteError) waits for the others first; after any other error a peer may be gone."""
     try:
