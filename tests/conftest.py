@@ -30,3 +30,16 @@ def t5_dir():
     if not (d / "spiece.model").exists() and not (d / "tokenizer.json").exists():
         pytest.skip(f"T5 tokenizer not found under {d} (set ALPHADECAY_DATA_DIR)")
     return d
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A child process left running (a DataLoader worker ignores SIGTERM) would hang the interpreter's exit,
+    where multiprocessing joins its children; fail the session visibly instead, and kill them."""
+    import multiprocessing
+
+    leftover = multiprocessing.active_children()
+    if leftover:
+        for child in leftover:
+            child.kill()
+        print(f"\nERROR: the tests left {len(leftover)} child processes running: {leftover}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -329,12 +329,49 @@ def test_missing_tokenizer(tmp_path):
 
 
 def test_unreachable_hub_dataset(monkeypatch):
+    """Reachable hub host but datasets fails: its error, in one line, with the fix."""
     import datasets
+
+    import alphadecay.training.text_sources as sources
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'allenai/c4' on the Hub (LocalEntryNotFoundError)")
 
+    monkeypatch.setattr(sources, "_hub_unreachable", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ConfigError, match="--dataset_path/--eval_dataset_path") as error:
         load_documents(None, "validation")
-    assert "\n" not in str(error.value)
+    assert "LocalEntryNotFoundError" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("cause", ["no network", "offline flag"])
+def test_hub_without_network_fails_at_once(monkeypatch, cause):
+    """No network: one connect attempt decides, before huggingface_hub's minute of retries (no traffic sent here)."""
+    import socket
+    import time
+
+    import datasets
+    from huggingface_hub import constants
+
+    import alphadecay.training.text_sources as sources
+
+    def never(*args, **kwargs):
+        raise AssertionError("datasets.load_dataset must not be reached")
+
+    def unreachable(address, timeout=None):
+        assert timeout <= sources.HUB_PROBE_TIMEOUT
+        raise OSError(101, "Network is unreachable")
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    if cause == "offline flag":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as error:
+        load_documents(None, "train")
+    message = str(error.value)
+    assert time.monotonic() - start < 2 and "\n" not in message
+    assert "--dataset_path/--eval_dataset_path" in message
+    assert ("HF_HUB_OFFLINE" in message) if cause == "offline flag" else ("unreachable" in message)

@@ -197,3 +197,39 @@ def test_non_finite_advice_names_the_cause():
     assert "learning rate" in _likely_cause(512.0, float("nan"), opt)
     opt.param_groups[0]["weight_decay"] = float("inf")
     assert "weight decay of model.layers.0.mlp.up_proj is not finite" in _likely_cause(512.0, float("nan"), opt)
+
+
+def test_a_loader_error_leaves_no_worker_behind(tmp_path):
+    """A data error raised while workers run, its traceback kept (as pytest.raises keeps it), then the iterator
+    dropped: torch's own clean-up leaves a worker that ignores SIGTERM, and the process used to hang at exit
+    (multiprocessing joins its children forever). The error must stop the workers, and the process exit."""
+    tokenizer = DATA_DIR / "tokenizers" / "t5-base"
+    if not tokenizer.exists():
+        pytest.skip(f"T5 tokenizer not found under {tokenizer}")
+    script = tmp_path / "leak.py"
+    script.write_text(f"""
+import gzip, json, multiprocessing, pathlib, sys
+import pytest
+from alphadecay.errors import ConfigError
+from alphadecay.training.data import TrainBatches, load_tokenizer, make_train_loader
+root = pathlib.Path({str(tmp_path)!r})
+tok = load_tokenizer({str(tokenizer)!r}, 16)
+kept = []
+for case in range(4):
+    folder = root / f"case{{case}}"
+    folder.mkdir()
+    with gzip.open(folder / "good.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({{"text": f"doc {{i}} word word"}}) + "\\n" for i in range(10))
+    (folder / "broken.jsonl").write_text('{{"text": "fine"}}\\n{{"text": "unterminated\\n')
+    loader = make_train_loader(TrainBatches(str(folder), tok, batch_size=2, max_length=16, num_workers=2), 2)
+    with pytest.raises(ConfigError) as error:
+        for _ in loader:
+            pass
+    kept = [error]
+    print("alive", len(multiprocessing.active_children()), flush=True)
+""")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["alive", "0"] * 4
+    assert time.monotonic() - start < 60

@@ -355,13 +355,17 @@ class ResumableLoader:
         if self.num_workers:
             self._batches = weakref.ref(batches)
             workers.track(batches)
-        for item in batches:
-            if "_error" in item:
-                raise ConfigError(item["_error"])
-            index, stream_state = item.pop("_stream"), item.pop("_stream_state")
-            self._state["batches"] += 1
-            self._state["streams"][index] = stream_state
-            yield item
+        try:
+            for item in batches:
+                if "_error" in item:
+                    raise ConfigError(item["_error"])
+                index, stream_state = item.pop("_stream"), item.pop("_stream_state")
+                self._state["batches"] += 1
+                self._state["streams"][index] = stream_state
+                yield item
+        finally:
+            # an error or an abandoned iteration: torch's own clean-up would leave workers that ignore SIGTERM
+            workers.stop(batches)
 
 
 def make_train_loader(dataset: TrainBatches, num_workers: int) -> ResumableLoader:

@@ -20,6 +20,8 @@ import gzip
 import json
 import logging
 import os
+import socket
+import urllib.parse
 import zlib
 
 import datasets
@@ -33,6 +35,8 @@ DATA_SUFFIXES = (".jsonl.gz", ".json.gz", ".txt.gz", ".jsonl", ".json", ".parque
 FEATURES = datasets.Features({"text": datasets.Value("string"), "undecodable": datasets.Value("bool")})
 _GLOB_CHARS = ("*", "?", "[")
 _FIX = f"pass a file, folder or glob of {'/'.join(DATA_SUFFIXES)} files"
+_LOCAL_FIX = "pass --dataset_path/--eval_dataset_path with local C4 files (e.g. a folder of c4-*.json.gz)"
+HUB_PROBE_TIMEOUT = 5.0
 
 
 def _is_data_file(path: str) -> bool:
@@ -81,15 +85,39 @@ def load_documents(path: str | None, split: str) -> datasets.IterableDataset:
     also carry ``undecodable`` (True for a document that is not valid UTF-8, whose ``text`` is then empty).
     """
     if path is None:
+        unreachable = _hub_unreachable()
+        where = f"the hub dataset {HUB_DATASET[0]} '{HUB_DATASET[1]}' split '{split}'"
+        if unreachable:
+            raise ConfigError(f"cannot stream {where}: {unreachable}; {_LOCAL_FIX}")
         try:
             return datasets.load_dataset(*HUB_DATASET, split=split, streaming=True)
         except Exception as error:  # noqa: BLE001 - any failure here means "the hub copy is unusable"
-            raise ConfigError(
-                f"could not open the hub dataset {HUB_DATASET[0]} '{HUB_DATASET[1]}' split '{split}' "
-                f"({type(error).__name__}: {one_line(error)}); pass --dataset_path/--eval_dataset_path with local "
-                f"C4 files (e.g. a folder of c4-*.json.gz)") from None
+            raise ConfigError(f"could not open {where} ({type(error).__name__}: {one_line(error)}); "
+                              f"{_LOCAL_FIX}") from None
     files = resolve_data_files(path)
     return datasets.IterableDataset.from_generator(_read_documents, features=FEATURES, gen_kwargs={"files": files})
+
+
+def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the hub cannot be reached, or None; one TCP connect instead of huggingface_hub's retry loop.
+
+    Without a network huggingface_hub retries each request with back-off and prints a "Retrying" line
+    per attempt, for about a minute, before datasets gives up. Behind a proxy the direct connect says
+    nothing, so the probe is skipped and datasets' own error is reported.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{host}:{port} is unreachable within {timeout:g} s ({type(error).__name__}: {one_line(error)})"
+    return None
 
 
 def _read_documents(files: list[str]):

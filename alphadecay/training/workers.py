@@ -5,6 +5,10 @@ main process can finish the update in flight and checkpoint. The price: nothing 
 can stop them. multiprocessing's exit hook SIGTERMs its children and then waits for them, forever
 for workers that ignore it, so every way out of a run stops them first (``stop``), and an exit hook
 registered after multiprocessing's (hence run before it) stops any that are still alive.
+
+torch's own shutdown (when a DataLoader iterator is garbage-collected) ends with a SIGTERM the workers
+ignore, and an iterator dropped that way is gone from any registry of iterators; so the worker processes
+themselves are remembered here, and the exit hook kills every one still alive.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import signal
 import weakref
 
 _LIVE: "weakref.WeakSet" = weakref.WeakSet()   # DataLoader iterators with workers, until garbage-collected
+_PROCESSES: list = []                           # their worker processes, until seen dead
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -25,6 +30,7 @@ def ignore_stop_signals(worker_id: int) -> None:
 def track(batches) -> None:
     """Remember a DataLoader iterator whose workers the exit hook must stop."""
     _LIVE.add(batches)
+    _PROCESSES[:] = [p for p in _PROCESSES if p.is_alive()] + list(getattr(batches, "_workers", []))
 
 
 def stop(batches) -> None:
@@ -32,13 +38,18 @@ def stop(batches) -> None:
     if batches is None or not hasattr(batches, "_shutdown_workers"):
         return
     batches._shutdown_workers()      # done event, join with a timeout, then a SIGTERM they ignore
-    for worker in getattr(batches, "_workers", []):
-        if worker.is_alive():
-            worker.kill()
-            worker.join(timeout=5)
+    _kill(getattr(batches, "_workers", []))
+
+
+def _kill(processes) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 @atexit.register
 def _stop_all() -> None:
     for batches in list(_LIVE):
         stop(batches)
+    _kill(_PROCESSES)
