@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .distributed import sharded_rows
+from .distributed import is_sharded, local_part, sharded_rows, sharded_weight_rows, squared_norms
 from .esd import METRICS, linear_modules, weight_metrics
 
 # The paper's module types and the names LLaMA (and GPT-2) give them; "qkv" is GPT-2's fused c_attn.
@@ -33,13 +33,18 @@ def score_modules(model: nn.Module, metric: str = "alpha", linears=None, *, dist
     """{module name: {metric: value}} for every linear module, computed once across ranks.
 
     ``metric='gradnorm'`` reads the L2 norm of each weight's gradient (NaN where there is none)
-    and skips the ESD; any other metric runs the full ESD analysis.
+    and skips the ESD; any other metric runs the full ESD analysis. Sharded (FSDP2) weights give the same
+    numbers: each matrix is assembled on the one rank that analyses it.
     """
     linears = linear_modules(model) if linears is None else linears
     weights = [m.weight for _, m in linears]
     if not weights:
         return {}
-    device = weights[0].device
+    device = local_part(weights[0]).device
+    sharded = any(is_sharded(w) for w in weights)
+    if metric == "gradnorm" and sharded:
+        norms = squared_norms([w.grad for w in weights]).sqrt().cpu()
+        return {n: {"gradnorm": float(v)} for (n, _), v in zip(linears, norms)}
     if metric == "gradnorm":
         def compute(idxs):
             return torch.stack([weights[i].grad.detach().double().norm() if weights[i].grad is not None
@@ -49,10 +54,13 @@ def score_modules(model: nn.Module, metric: str = "alpha", linears=None, *, dist
                             group=process_group, shard=distributed)
         return {n: {"gradnorm": float(r[0])} for (n, _), r in zip(linears, rows)}
 
-    def compute(idxs):
-        return weight_metrics([weights[i] for i in idxs], **options)
-    rows = sharded_rows(compute, [_cost(w) for w in weights], len(METRICS), device=device,
-                        group=process_group, shard=distributed)
+    costs = [_cost(w) for w in weights]
+    if sharded:
+        rows = sharded_weight_rows(lambda full: weight_metrics(full, **options), weights, costs, len(METRICS),
+                                   group=process_group)
+    else:
+        rows = sharded_rows(lambda idxs: weight_metrics([weights[i] for i in idxs], **options), costs,
+                            len(METRICS), device=device, group=process_group, shard=distributed)
     out = {}
     for (name, _), row in zip(linears, rows.tolist()):
         out[name] = dict(zip(METRICS, row))

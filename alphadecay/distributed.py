@@ -4,6 +4,9 @@ The release recomputes the ESD on every rank; round-off differences between rank
 different decays and silently desynchronise DDP replicas. Here the modules are split across ranks
 (each analyses ~1/world_size of the work), each rank fills only its own rows of a zero tensor and
 one SUM all-reduce assembles the table: x + 0.0 is exact, so every rank ends with the same bits.
+
+Sharded weights (FSDP2's DTensors) are assembled one module at a time on the rank that analyses it
+(``full_on``), so no rank ever holds the whole model; norms of sharded tensors are summed over ranks.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Shard
 
 
 def active_world(group=None) -> tuple[int, int]:
@@ -55,3 +59,89 @@ def sharded_rows(compute: Callable[[list[int]], torch.Tensor], costs: Sequence[f
         table[mine] = compute(mine).to(table.device, torch.float64)
     dist.all_reduce(table, op=dist.ReduceOp.SUM, group=group)
     return table.cpu()
+
+
+def is_sharded(tensor) -> bool:
+    return isinstance(tensor, DTensor)
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's piece of a DTensor, or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
+    """The whole of a sharded ``weight`` on global rank ``dst`` (None on other ranks). Collective.
+
+    FSDP2's row sharding (``Shard(0)`` on a 1-D mesh, ``torch.chunk`` sizes) is gathered to ``dst`` alone,
+    rows padded to equal size; any other layout goes through ``full_tensor`` (an all-gather).
+    """
+    mesh = weight.device_mesh
+    if mesh.ndim == 1 and tuple(weight.placements) == (Shard(0),):
+        group = mesh.get_group()
+        world, me = dist.get_world_size(group), dist.get_rank(group)
+        target = dist.get_group_rank(group, dst)
+        rows = -(-weight.shape[0] // world)
+        local = weight.to_local().detach()
+        padded = local.new_zeros((rows, *weight.shape[1:]))
+        padded[:local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(world)] if me == target else None
+        dist.gather(padded, parts, group=group, group_dst=target)
+        return torch.cat(parts)[:weight.shape[0]] if parts is not None else None
+    full = weight.detach().full_tensor()
+    return full if dist.get_rank() == dst else None
+
+
+def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], weights: Sequence[torch.Tensor],
+                        costs: Sequence[float], width: int, *, group=None,
+                        budget_bytes: int = 256 << 20) -> torch.Tensor:
+    """``sharded_rows`` for sharded weights: ``compute(full matrices)`` on each module's owner rank.
+
+    Every rank walks the modules in the same order, gathering each to its owner; an owner analyses its
+    gathered matrices once they exceed ``budget_bytes`` (and at the end), so the extra memory per rank is at
+    most ``budget_bytes`` plus one matrix. With one rank, or weights that are not sharded, every matrix is
+    analysed where it is.
+    """
+    rank, world = active_world(group)
+    n = len(weights)
+    owner = assign_owners(costs, world) if world > 1 else [0] * n
+    device = local_part(weights[0]).device
+    table = torch.zeros(n, width, dtype=torch.float64, device=_reduce_device(group, device) if world > 1 else "cpu")
+    pending, held = [], 0
+
+    def flush():
+        nonlocal pending, held
+        if pending:
+            idxs = [i for i, _ in pending]
+            table[idxs] = compute([w for _, w in pending]).to(table.device, torch.float64)
+        pending, held = [], 0
+
+    for i, weight in enumerate(weights):
+        full = full_on(weight, owner[i]) if is_sharded(weight) else (weight if owner[i] == rank else None)
+        if full is not None:
+            pending.append((i, full))
+            held += full.numel() * full.element_size()
+            if held >= budget_bytes:
+                flush()
+    flush()
+    if world > 1:
+        dist.all_reduce(table, op=dist.ReduceOp.SUM, group=group)
+    return table.cpu()
+
+
+def squared_norms(tensors: Sequence[torch.Tensor], group=None) -> torch.Tensor:
+    """float64 sum of squares of each tensor (sharded ones summed over ranks; NaN for None). Collective when
+    any tensor is sharded."""
+    present = [t for t in tensors if t is not None]
+    device = local_part(present[0]).device if present else torch.device("cpu")
+    out = torch.full((len(tensors),), float("nan"), dtype=torch.float64, device=device)
+    for i, t in enumerate(tensors):
+        if t is not None:
+            out[i] = local_part(t).detach().double().square().sum()
+    if any(is_sharded(t) for t in present):
+        mesh_group = next(t for t in present if is_sharded(t)).device_mesh.get_group()
+        sharded = torch.tensor([is_sharded(t) for t in tensors], device=device)
+        summed = torch.where(sharded, out, torch.zeros_like(out))   # NaN stays NaN after the sum
+        dist.all_reduce(summed, group=group or mesh_group)
+        out = torch.where(sharded, summed, out)
+    return out

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .analysis import MODULE_TYPES, module_type, score_modules
+from .distributed import is_sharded, squared_norms
 from .assign import ASSIGN_FUNCS, assign
 
 ESD_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy", "gradnorm")
@@ -295,9 +296,11 @@ class AWD(DecayStrategy):
         grads = [p.grad for p in params if p.grad is not None]
         weights = [p for p in params if p.grad is not None]
         if grads:
-            # One host sync per update: both norms are reduced on the device first.
-            norms = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(t)).double())
-                                 for t in (grads, weights)]).tolist()
+            if any(is_sharded(g) for g in grads):   # FSDP: each rank holds a piece; sums of squares over ranks
+                norms = squared_norms(grads).sum().sqrt().item(), squared_norms(weights).sum().sqrt().item()
+            else:   # one host sync per update: both norms are reduced on the device first
+                norms = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(t)).double())
+                                     for t in (grads, weights)]).tolist()
             lambda_t = norms[0] * self.lambda_awd / (norms[1] + 1e-8)
             self.lambda_bar = 0.1 * self.lambda_bar + 0.9 * lambda_t
         for group in optimizer.param_groups:
