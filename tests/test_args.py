@@ -42,3 +42,12 @@ def test_schedule_warmup_cosine_floor():
     assert lr_lambda(55, **kw) == pytest.approx(0.55)
     assert lr_lambda(100, **kw) == pytest.approx(0.1)
     assert lr_lambda(60, kind="linear", total=110, warmup=10, min_ratio=0.0) == pytest.approx(0.5)
+
+
+def test_fsdp_flag():
+    assert parse_args(CFG).fsdp is False                               # DDP is the default
+    assert parse_args(CFG + ["--fsdp"], world_size=2).fsdp is True
+    with pytest.raises(ConfigError, match="--compile with --fsdp"):
+        parse_args(CFG + ["--fsdp", "--compile"], world_size=2)
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node"):
+        parse_args(CFG + ["--fsdp"], world_size=1)

@@ -150,6 +150,7 @@ FLAG_CASES = {
     "min_lr_ratio_above_one": (["--min_lr_ratio", "2"], {}, "--min_lr_ratio must be in [0, 1]"),
     "negative_workers": ([], {"--workers": -1}, "--workers must be >= 0"),
     "overwrite_and_continue": (["--overwrite", "--continue_from", "latest"], {}, "pass only one of them"),
+    "fsdp_without_torchrun": (["--fsdp"], {}, "--fsdp shards over torchrun's ranks"),
 }
 
 

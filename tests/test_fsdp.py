@@ -33,3 +33,53 @@ def test_plugin_on_a_fully_sharded_model_equals_the_unsharded_model(tmp_path):
         assert all(_rel(unsharded[g], on_shards[g]) < 1e-4 for g in unsharded), strategy
     assert len(set(r0["decays"]["alphadecay"][1].values())) > 2      # really module-wise
     assert len(r0["losses"]) == 3 and all(math.isfinite(x) for x in r0["losses"])
+
+
+def test_fsdp_training_equals_ddp_resumes_bit_exactly_and_saves_loadable_checkpoints(tmp_path):
+    """The loop under --fsdp (2 ranks, AlphaDecay reassigned every 5 updates, so across the resume point at 8):
+    the same decays and losses as DDP, Hugging Face checkpoints, and a resume that reaches the same weights."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from conftest import DATA_DIR
+    from trainutil import data_flags, records, run_cli, tiny_run_flags
+
+    if not (DATA_DIR / "tokenizers" / "t5-base").exists():
+        import pytest
+        pytest.skip("T5 tokenizer and C4 sample not found (set ALPHADECAY_DATA_DIR)")
+
+    def flags(save_dir, *extra):
+        return tiny_run_flags(save_dir, steps=16, save_every=8, eval_every=8, strategy="alphadecay",
+                              weight_decay=0.1, unbalancedWD_every=5) + data_flags(DATA_DIR) + list(extra)
+
+    fsdp, ddp, resumed = tmp_path / "fsdp", tmp_path / "ddp", tmp_path / "resumed"
+    run_cli(flags(fsdp, "--fsdp"), nproc=2)
+    run_cli(flags(ddp), nproc=2)
+    assert (fsdp / "model_8" / "optimizer").is_dir() and not (ddp / "model_8" / "optimizer").exists()
+
+    decays = [[r["module_weight_decay"] for r in records(d, "decay")] for d in (fsdp, ddp)]
+    assert [r["step"] for r in records(fsdp, "decay")] == [0, 5, 10, 15]
+    assert decays[0][0] == decays[1][0] and len(set(decays[0][0].values())) > 2    # step 0: equal, bit for bit
+    for a, b in zip(*decays):
+        assert all(abs(a[k] - b[k]) <= 1e-6 * abs(b[k]) for k in b)
+    losses = [[r["loss"] for r in records(d, "train")] for d in (fsdp, ddp)]
+    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(*losses)) and len(losses[0]) == 16
+    assert records(fsdp, "eval") and records(fsdp, "final")
+
+    model = AutoModelForCausalLM.from_pretrained(fsdp / "model_16")
+    twin = AutoModelForCausalLM.from_pretrained(ddp / "model_16")
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+    resumed.mkdir()
+    import shutil
+    shutil.copytree(fsdp / "model_8", resumed / "model_8")
+    run_cli(flags(resumed, "--fsdp", "--continue_from", "latest"), nproc=2)
+    whole, again = (load_file(d / "model_16" / "model.safetensors") for d in (fsdp, resumed))
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+
+    wrong = run_cli(flags(resumed, "--continue_from", str(resumed / "model_8")), nproc=2, check=False)
+    assert wrong.returncode != 0 and "was written with --fsdp; resume it with --fsdp" in wrong.stderr
+    wrong = run_cli(flags(resumed, "--fsdp", "--continue_from", str(ddp / "model_8")), nproc=2, check=False)
+    assert wrong.returncode != 0 and "was written without --fsdp" in wrong.stderr

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--activation_checkpointing", action="store_true", help="recompute activations in backward")
     a.add_argument("--compile", action="store_true",
                    help="torch.compile the decoder (the whole model for types other than llama and gpt2)")
+    a.add_argument("--fsdp", action="store_true",
+                   help="shard parameters, gradients and optimizer state over the ranks with FSDP2 (each decoder "
+                        "layer, then the root); float32 shards computing in --dtype; default: DDP")
     a.add_argument("--use_hf_model", action="store_true", help="accepted for the release's scripts; models always "
                    "come from transformers here")
 
@@ -271,6 +274,9 @@ def validate(args, world_size: int = 1):
     args.save_dir = args.save_dir or os.path.join("checkpoints", args.name)
     _require(not (args.overwrite and args.continue_from is not None),
              "--overwrite starts a new run and --continue_from continues one; pass only one of them")
+    _require(not args.fsdp or world_size > 1,
+             "--fsdp shards over torchrun's ranks; launch with torchrun --nproc_per_node=N (N >= 2) or drop --fsdp")
+    _require(not (args.fsdp and args.compile), "--compile with --fsdp is not supported yet; drop one of them")
     _require(not args.eval_only or args.continue_from is not None,
              "--eval_only needs --continue_from <checkpoint folder> (the weights to evaluate)")
     if args.continue_from == "latest":

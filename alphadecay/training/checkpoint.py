@@ -6,6 +6,12 @@
     training_state.pt    optimizer, scheduler, strategy, per-rank data position and RNG, counters
                          (plain tensors and containers: loads with torch.load(weights_only=True))
     training_state.json  the counters, human-readable
+    optimizer/           under FSDP2 only: the sharded optimizer state (torch.distributed.checkpoint), each
+                         rank writing its own shard, instead of the optimizer entry of training_state.pt
+
+Under FSDP2 the model folder is still one full Hugging Face checkpoint (gathered to rank 0 on the CPU):
+evaluation tools and a resume without --fsdp need the whole model anyway, and it is the smaller part.
+The optimizer state (twice the parameters for Adam) is written sharded, so no rank ever holds all of it.
 
 A checkpoint is written to a hidden temporary folder and renamed into place only when complete, so
 a process killed mid-save leaves the previous checkpoints intact and never a half-written one
@@ -24,9 +30,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from ..distributed import is_sharded, local_part
 from ..errors import ConfigError, one_line, require_writable_folder
 
 STATE_FILE = "training_state.pt"
+OPTIMIZER_DIR = "optimizer"
 _CKPT_RE = re.compile(r"^model_(\d+)$")
 
 
@@ -76,17 +84,30 @@ def resolve(continue_from: str | None, save_dir: str) -> str | None:
     return found[-1][1] if found else None   # 'latest' with nothing saved yet starts fresh
 
 
-def save(path_dir: str, step: int, *, model, tokenizer, training_state: dict, rank: int, world_size: int,
-         keep_last: int = 0) -> str | None:
-    """Collective: every rank calls it; rank 0 writes. Returns the checkpoint path on rank 0."""
+def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_state: dict, rank: int,
+         world_size: int, keep_last: int = 0) -> str | None:
+    """Collective: every rank calls it; rank 0 writes (every rank writes its optimizer shard under FSDP2).
+    Returns the checkpoint path on rank 0."""
     per_rank = _gather({"data": training_state.pop("data"), "rng": rng_state(),
-                        "local": training_state.pop("local", {})}, world_size)
+                        "local": training_state.pop("local", {}), "pid": os.getpid()}, world_size)
+    pid = per_rank[0]["pid"]
+    for entry in per_rank:
+        del entry["pid"]
     final = os.path.join(path_dir, f"model_{step}")
+    tmp = os.path.join(path_dir, f".tmp-model_{step}-{pid}")   # one name on every rank
+    sharded = any(is_sharded(p) for p in model.parameters())
+    weights = None
+    if sharded:
+        weights = _full_weights(model)
+        _save_sharded_optimizer(tmp, final, path_dir, model, optimizer, rank, world_size)
+        training_state = {**training_state, "optimizer_format": "dcp"}
+    else:
+        training_state = {**training_state, "optimizer": optimizer.state_dict()}
     if rank == 0:
-        tmp = os.path.join(path_dir, f".tmp-model_{step}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not sharded:
+            shutil.rmtree(tmp, ignore_errors=True)
         try:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             state = {**training_state, "world_size": world_size, "ranks": per_rank}
@@ -104,6 +125,30 @@ def save(path_dir: str, step: int, *, model, tokenizer, training_state: dict, ra
     if world_size > 1:
         dist.barrier()
     return final if rank == 0 else None
+
+
+def _full_weights(model) -> dict:
+    """The whole state dict of a sharded model, on rank 0's CPU (empty elsewhere). Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _save_sharded_optimizer(tmp, final, path_dir, model, optimizer, rank, world_size) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if world_size > 1:
+        dist.barrier()
+    try:
+        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)},
+                 checkpoint_id=os.path.join(tmp, OPTIMIZER_DIR))
+    except Exception as e:   # noqa: BLE001 - DCP wraps every rank's OSError in its own exception
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(_save_failed(final, path_dir, OSError(one_line(e, 200)), model)) from None
 
 
 def _save_failed(final: str, folder: str, error: OSError, model) -> str:
@@ -168,13 +213,17 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
                           f"pass the --model_config it was trained with")
     missing = set(own) - set(weights)
     # Tied weights (GPT-2's lm_head) are saved once; they are present through their twin.
-    loaded_ptrs = {own[k].data_ptr() for k in weights}
-    really_missing = [k for k in missing if own[k].data_ptr() not in loaded_ptrs]
+    loaded_ptrs = {local_part(own[k]).data_ptr() for k in weights}
+    really_missing = [k for k in missing if local_part(own[k]).data_ptr() not in loaded_ptrs]
     if really_missing:
         raise ConfigError(f"checkpoint {path!r} lacks {really_missing[0]}; pass the --model_config it was trained with")
     with torch.no_grad():
         for k, v in weights.items():
-            own[k].copy_(v)
+            if is_sharded(own[k]):   # this rank's piece of the full tensor every rank has read
+                from torch.distributed.tensor import distribute_tensor
+                v = distribute_tensor(v.to(own[k].dtype), own[k].device_mesh, own[k].placements,
+                                      src_data_rank=None).to_local()
+            local_part(own[k]).copy_(v)
 
 
 def _has_run(save_dir: str) -> bool:
@@ -220,10 +269,11 @@ class Checkpointer:
     def resolve(self, continue_from: str | None) -> str | None:
         return resolve(continue_from, self.save_dir)
 
-    def save(self, step: int, model, training_state: dict) -> str | None:
+    def save(self, step: int, model, optimizer, training_state: dict) -> str | None:
         """Collective. Returns the checkpoint path on rank 0 (None elsewhere)."""
-        return save(self.save_dir, step, model=model, tokenizer=self.tokenizer, training_state=training_state,
-                    rank=self.rank, world_size=self.world_size, keep_last=self.keep_last)
+        return save(self.save_dir, step, model=model, optimizer=optimizer, tokenizer=self.tokenizer,
+                    training_state=training_state, rank=self.rank, world_size=self.world_size,
+                    keep_last=self.keep_last)
 
     def restore(self, path: str, *, model, optimizer, scheduler, strategy, loader, optimizer_name: str) -> dict:
         """Everything a run continues from; returns the counters (update_step, tokens_seen, skipped_updates)."""
@@ -232,10 +282,18 @@ class Checkpointer:
         if saved != optimizer_name:
             raise ConfigError(f"checkpoint {path!r} was trained with --optimizer {saved}, this run asks for "
                               f"{optimizer_name}; resume with --optimizer {saved}")
+        sharded = any(is_sharded(p) for p in model.parameters())
+        written_sharded = state.get("optimizer_format") == "dcp"
+        if sharded != written_sharded:
+            raise ConfigError(f"checkpoint {path!r} was written {'with' if written_sharded else 'without'} --fsdp; "
+                              f"resume it {'with' if written_sharded else 'without'} --fsdp")
         load_model_weights(model, path)
         try:   # the strategy first: its mismatch explains an optimizer whose groups differ
             strategy.load_state_dict(state["strategy"])
-            optimizer.load_state_dict(state["optimizer"])
+            if sharded:
+                _load_sharded_optimizer(path, model, optimizer)
+            else:
+                optimizer.load_state_dict(state["optimizer"])
         except ValueError as e:
             raise ConfigError(f"{path!r} does not match this run: {one_line(e)}; resume with the flags it was "
                               f"trained with") from None
@@ -243,3 +301,18 @@ class Checkpointer:
         loader.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         return {k: state[k] for k in ("update_step", "tokens_seen", "skipped_updates")}
+
+
+def _load_sharded_optimizer(path: str, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    # The template has this run's shapes and shards (it initialises the state with a zero-lr step that
+    # leaves the weights as they are); DCP fills it from whatever sharding wrote the checkpoint.
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    try:
+        dcp.load(state, checkpoint_id=os.path.join(path, OPTIMIZER_DIR))
+    except Exception as e:  # noqa: BLE001 - DCP wraps every rank's error in its own exception
+        raise ConfigError(f"the sharded optimizer state in {os.path.join(path, OPTIMIZER_DIR)!r} cannot be loaded "
+                          f"({one_line(e, 200)}); resume from an earlier checkpoint") from None
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])

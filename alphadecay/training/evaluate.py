@@ -7,9 +7,20 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from ..distributed import is_sharded
 from .eval_data import eval_batches
 from .loss import NextTokenLoss
 from .model import vocab_guard
+
+
+def _is_sharded(module: torch.nn.Module) -> bool:
+    return any(is_sharded(p) for p in module.parameters())
+
+
+def _most_over_ranks(count: int, device: torch.device) -> int:
+    value = torch.tensor(count, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value)
 
 
 class Evaluator:
@@ -40,17 +51,28 @@ class Evaluator:
                             target_eval_tokens=self.target_tokens, rank=self.rank, world_size=self.world_size)
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module) -> dict:
+    def __call__(self, loss_fn: NextTokenLoss) -> dict:
+        """``loss_fn``: the model's loss module as training runs it (under FSDP2 the sharded one, whose
+        forward gathers the parameters)."""
+        model = loss_fn.model
         was_training = model.training
         model.eval()
         guard = vocab_guard(model, self.tokenizer)
-        loss_fn = NextTokenLoss(model)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)   # summed loss, predicted tokens
-        for batch in self._batches():
-            inputs = loss_fn.inputs(guard(batch["input_ids"]), batch["attention_mask"], self.device)
-            n = inputs["positions"].numel()
+        batches = list(self._batches())
+        # Sharded parameters are gathered inside every forward, a collective: every rank runs as many forwards
+        # as the rank with the most batches; the extra ones (and batches predicting nothing) are discarded.
+        sharded = _is_sharded(loss_fn)
+        forwards = _most_over_ranks(len(batches), self.device) if sharded else len(batches)
+        for i in range(forwards):
+            inputs = loss_fn.inputs(guard(batches[i]["input_ids"]), batches[i]["attention_mask"],
+                                    self.device) if i < len(batches) else None
+            n = inputs["positions"].numel() if inputs is not None else 0
             if n:
                 sums += torch.stack([loss_fn(**inputs).double() * n, torch.tensor(float(n), device=self.device)])
+            elif sharded:
+                loss_fn(**loss_fn.inputs(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long),
+                                         self.device))
         if self.world_size > 1:
             dist.all_reduce(sums)
         total_loss, tokens = sums.tolist()

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from ..distributed import is_sharded
 from ..errors import ConfigError, NonFiniteError, one_line
 from .args import parse_args
 from .callbacks import Callback, TrainState
@@ -67,14 +68,20 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                 raise ConfigError(f"no checkpoint found in {args.save_dir!r} for --continue_from latest; train first "
                                   f"or pass a folder")
             config = os.path.join(resume_from, "config.json")
-        model = build_model(config, dtype=_dtype(args.dtype, rt.device), device=rt.device,
+        dtype = _dtype(args.dtype, rt.device)
+        # FSDP2 keeps float32 shards and computes in --dtype (its mixed precision); DDP holds --dtype weights.
+        model = build_model(config, dtype=torch.float32 if args.fsdp else dtype, device=rt.device,
                             seed=args.seed, activation_checkpointing=args.activation_checkpointing)
         guard_vocab = vocab_guard(model, tokenizer)
         evaluator.prepare()
         if args.eval_only:
             return evaluate_checkpoint(model, resume_from, evaluator, rt.is_main)
 
-        # 2. The weight-decay strategy and the optimizer over its groups; the training data.
+        # 2. Parallelism (DDP, or FSDP2 shards: the optimizer must see the sharded parameters), the
+        #    weight-decay strategy and the optimizer over its groups; the training data.
+        loss_fn = NextTokenLoss(model)
+        net = parallelize(loss_fn, world_size=rt.world_size, device=rt.device, compile=args.compile,
+                          fsdp=args.fsdp, param_dtype=dtype if dtype != torch.float32 else None)
         strategy = strategy_from_args(args, model)
         optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device)
         scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
@@ -96,8 +103,6 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         log = on_exit.enter_context(_run_logger(args, model, rt.is_main, state.update_step, resume_from))
         if assignment is not None:
             log.decay(assignment, args.strategy)
-        loss_fn = NextTokenLoss(model)
-        net = parallelize(loss_fn, world_size=rt.world_size, device=rt.device, compile=args.compile)
         params = [p for p in model.parameters() if p.requires_grad]
         speed = Throughput(training_flops_per_token(model.config, count_params(model)["non_embedding_params"],
                                                     args.max_length), rt.device, rt.world_size)
@@ -107,10 +112,9 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         accum = args.gradient_accumulation
 
         def save() -> str | None:
-            return checkpointer.save(state.update_step, model, {
+            return checkpointer.save(state.update_step, model, optimizer, {
                 "update_step": state.update_step, "tokens_seen": state.tokens_seen,
-                "skipped_updates": state.skipped_updates, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(), "data": loader.state_dict(),
+                "skipped_updates": state.skipped_updates, "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(), "data": loader.state_dict(),
                 "model_config": args.model_config, "optimizer_name": args.optimizer})
 
         started, preempted = time.time(), False
@@ -166,7 +170,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate['throughput_tokens']:,.0f}", refresh=False)
             if args.eval_every and step % args.eval_every == 0 and not last:
-                log.write({"type": "eval", "step": step, **evaluator(model)})
+                log.write({"type": "eval", "step": step, **evaluator(net.loss)})
             if stop_votes > 0:
                 preempted = True
                 break
@@ -180,7 +184,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                       f"the same command plus --continue_from {path} (or --continue_from latest)", file=sys.stderr)
             return {"update_step": state.update_step, "preempted": True, "checkpoint": path, "model": model,
                     "strategy": strategy}
-        final = evaluator(model)
+        final = evaluator(net.loss)
         log.write({"type": "final", "step": state.update_step, **final, "skipped_updates": state.skipped_updates,
                    "skipped_documents": loader.skipped_documents, "train_seconds": time.time() - started})
         if rt.is_main:
@@ -216,9 +220,10 @@ def _next_batch(batches, state: TrainState, total: int) -> dict:
 
 def _clip(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     if max_norm:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    # The norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1.
-    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:   # the norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    return norm.full_tensor() if is_sharded(norm) else norm    # FSDP2: the norm over every shard
 
 
 def _agree(mean_loss: torch.Tensor, local_tokens: int, stopping: bool, rt) -> tuple[float, float, float]:
@@ -259,7 +264,7 @@ def _non_finite(policy: str, state: TrainState, loss: float, grad_norm: float, t
 
 def evaluate_checkpoint(model, path: str, evaluator: Evaluator, is_main: bool) -> dict:
     load_model_weights(model, path)
-    result = evaluator(model)
+    result = evaluator(NextTokenLoss(model))
     if is_main:
         print(json.dumps({"checkpoint": path, **result}))
     return result

@@ -1,6 +1,10 @@
 """Parallelism applied to the model from outside the loop: the loop calls what ``parallelize`` returns.
 
-Today: DDP over every rank (NCCL on GPUs, gloo on CPU), or nothing in one process.
+DDP (the default): every rank holds the whole model, gradients are all-reduced (NCCL on GPUs, gloo on CPU).
+FSDP2 (``fsdp=True``, torchtitan's layout): ``fully_shard`` on every decoder layer, then on the loss
+module that wraps the model, so that the embedding, final norm and output layer (read by the fused loss
+outside the output layer's own forward) are gathered for the whole forward. Each rank holds 1/N of the
+parameters, gradients and optimizer state.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Callable, ContextManager
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..errors import ConfigError
 from .loss import NextTokenLoss
 
 
@@ -18,14 +23,53 @@ from .loss import NextTokenLoss
 class Parallelized:
     forward: torch.nn.Module                     # forward(**loss_fn.inputs(...)) -> mean loss of the micro-batch
     no_sync: Callable[[], ContextManager]        # gradients stay local inside it (all micro-steps but the last)
+    loss: NextTokenLoss                          # the same loss without DDP's wrapper: evaluation calls it
+    sharded: bool = False                        # parameters are DTensors (FSDP2)
 
 
-def parallelize(loss_fn: NextTokenLoss, *, world_size: int, device: torch.device, compile: bool = False) -> Parallelized:
+def parallelize(loss_fn: NextTokenLoss, *, world_size: int, device: torch.device, compile: bool = False,
+                fsdp: bool = False, param_dtype: torch.dtype | None = None) -> Parallelized:
+    """``param_dtype`` (FSDP only): the dtype the layers compute in, gradients reduced in float32 while the
+    sharded parameters and optimizer state stay in their own dtype (FSDP2's MixedPrecisionPolicy)."""
+    if fsdp:
+        return _fully_shard(loss_fn, device=device, compile=compile, param_dtype=param_dtype)
     if compile:
         loss_fn.compile()
     if world_size == 1:
-        return Parallelized(loss_fn, contextlib.nullcontext)
+        return Parallelized(loss_fn, contextlib.nullcontext, loss_fn)
     # No buffer broadcast before every forward: LLaMA's only buffers are the rotary tables, identical on every
     # rank (synced once at init).
     ddp = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
-    return Parallelized(ddp, ddp.no_sync)
+    return Parallelized(ddp, ddp.no_sync, loss_fn)
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks: LLaMA's ``model.layers``, GPT-2's ``transformer.h``."""
+    base = model.base_model
+    layers = getattr(base, "layers", None) or getattr(base, "h", None)
+    if layers is None:
+        raise ConfigError(f"--fsdp does not know the decoder layers of a {type(model).__name__}; train it without "
+                          f"--fsdp")
+    return list(layers)
+
+
+def _fully_shard(loss_fn: NextTokenLoss, *, device, compile: bool, param_dtype) -> Parallelized:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if compile:
+        raise ConfigError("--compile with --fsdp is not supported yet; drop one of them")
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    for layer in decoder_layers(loss_fn.model):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(loss_fn, mp_policy=policy)
+
+    @contextlib.contextmanager
+    def no_sync():
+        # FSDP2: keep the unsharded gradients until the last micro-batch, then reduce-scatter once.
+        loss_fn.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            loss_fn.set_requires_gradient_sync(True)
+
+    return Parallelized(loss_fn, no_sync, loss_fn, sharded=True)
