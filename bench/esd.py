@@ -4,6 +4,10 @@
     python bench/esd.py --sizes 60m,130m,350m,1b --repeat 3
     torchrun --standalone --nproc_per_node=2 bench/esd.py --sizes 130m   # + sharded vs one rank
 
+Under torchrun three timings: rank 0 alone over whole weights, the modules split across ranks (DDP:
+every rank holds every weight), and FSDP2-sharded weights (row shards as DTensors; each matrix is
+gathered to the one rank that analyses it).
+
 Both sides compute every linear module's eigenvalues and its median-xmin Hill alpha. The baseline
 is the release's loop (one svdvals per matrix, sort, the Hill formula). Timings alternate between the
 two and keep the minimum of --repeat runs, so background load hurts both alike. Printed: seconds and
@@ -21,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alphadecay.distributed import sharded_rows  # noqa: E402
+from alphadecay.distributed import sharded_rows, sharded_weight_rows  # noqa: E402
 from alphadecay.esd import METRICS, weight_metrics  # noqa: E402
 
 # (hidden, intermediate, layers, vocab) of the paper's LLaMA configs.
@@ -111,8 +115,19 @@ def main():
                 sharded_rows(lambda idx: weight_metrics([weights[i] for i in idx]), costs, len(METRICS),
                              device=device)
                 shard = min(shard, time.perf_counter() - t)
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.tensor import Shard, distribute_tensor
+            mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+            pieces = [distribute_tensor(w, mesh, [Shard(0)]) for w in weights]
+            fsdp = float("inf")
+            for _ in range(args.repeat):
+                dist.barrier()
+                t = time.perf_counter()
+                sharded_weight_rows(weight_metrics, pieces, costs, len(METRICS))
+                fsdp = min(fsdp, time.perf_counter() - t)
             row = {"size": size, "ranks": dist.get_world_size(), "one_rank_s": round(one, 3),
-                   "sharded_s": round(shard, 3), "speedup": round(one / shard, 2)}
+                   "sharded_s": round(shard, 3), "speedup": round(one / shard, 2),
+                   "fsdp_sharded_s": round(fsdp, 3), "fsdp_speedup": round(one / fsdp, 2)}
         if rank == 0:
             print(json.dumps(row), flush=True)
         results.append(row)

@@ -83,3 +83,27 @@ def test_fsdp_training_equals_ddp_resumes_bit_exactly_and_saves_loadable_checkpo
     assert wrong.returncode != 0 and "was written with --fsdp; resume it with --fsdp" in wrong.stderr
     wrong = run_cli(flags(resumed, "--fsdp", "--continue_from", str(ddp / "model_8")), nproc=2, check=False)
     assert wrong.returncode != 0 and "was written without --fsdp" in wrong.stderr
+
+
+def test_launch_script_commands_parse(tmp_path):
+    """scripts/fsdp_llama.sh prints (DRY_RUN=1) torchrun commands whose flags the trainer accepts as written."""
+    import os
+    import shlex
+
+    from alphadecay.training.args import parse_args
+
+    cases = [({"MODEL": "7b"}, 8, "--standalone"),
+             ({"MODEL": "3b", "NNODES": "2", "RDZV_ENDPOINT": "node0:29500", "METHOD": "uniform"}, 16, "c10d"),
+             ({"MODEL": "1b", "OPTIMIZER": "adamw", "WD": "0.1"}, 8, "--standalone")]
+    for env, world, launcher in cases:
+        out = subprocess.run(["bash", str(REPO / "scripts" / "fsdp_llama.sh")], capture_output=True, text=True,
+                             env={**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), **env}, check=True).stdout
+        words = shlex.split(out)
+        assert words[0] == "torchrun" and launcher in out
+        args = parse_args(words[words.index("torchrun_main.py") + 1:], world_size=world)
+        assert args.fsdp and args.dtype == "bfloat16" and args.model_config.endswith(f"llama_{env['MODEL']}.json")
+        assert args.strategy == env.get("METHOD", "alphadecay")
+        assert args.gradient_accumulation * args.batch_size * world == 512
+    failed = subprocess.run(["bash", str(REPO / "scripts" / "fsdp_llama.sh")], capture_output=True, text=True,
+                            env={**os.environ, "DRY_RUN": "1", "NNODES": "2"})
+    assert failed.returncode == 2 and "RDZV_ENDPOINT" in failed.stderr
