@@ -1,0 +1,141 @@
+"""Report of scripts/compare_strategies.sh: final validation perplexity per (optimizer, method) over seeds,
+paired differences (same seed, same data order), and whether they exceed the seed spread; plots of the
+alphas and decays AlphaDecay assigned.
+
+    python scripts/compare_report.py RUNS_FOLDER [--out FOLDER]      # writes FOLDER/report.md (+ PNGs)
+
+A difference is called resolved when every seed's paired difference has the same sign and the mean
+paired difference exceeds both methods' seed standard deviations; otherwise it is "within seed noise".
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alphadecay.metrics import read_metrics  # noqa: E402
+
+METHODS = ("none", "uniform", "alphadecay")
+LABEL = {"none": "WD=0", "uniform": "Uniform", "alphadecay": "AlphaDecay"}
+
+
+def collect(folder: str) -> dict:
+    """{(optimizer, decay): {method: {seed: final ppl}}}; WD=0 runs serve every optimizer."""
+    runs, zero = defaultdict(lambda: defaultdict(dict)), {}
+    logs = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*", "metrics.jsonl"))):
+        log = read_metrics(path)
+        final = log.last("final")
+        if log.config is None or final is None:
+            continue
+        a = log.config["args"]
+        logs[path] = log
+        if a["strategy"] == "none":
+            zero[a["seed"]] = final["eval_ppl"]
+        else:
+            runs[(a["optimizer"], a["weight_decay"])][a["strategy"]][a["seed"]] = final["eval_ppl"]
+    for cell in runs.values():
+        cell["none"] = dict(zero)
+    return runs, logs
+
+
+def sd(values):
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def verdict(diffs, spread):
+    if len(diffs) < 2:
+        return "too few seeds"
+    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+    mean = statistics.mean(diffs)
+    return "resolved" if same_sign and abs(mean) > max(spread) else "within seed noise"
+
+
+def report(runs: dict) -> str:
+    lines = ["| optimizer | decay | method | seeds | final val. ppl (mean ± sd) | per seed |", "|---|---|---|---|---|---|"]
+    pairs = ["", "| optimizer | decay | comparison | paired differences (ppl) | mean ± sd | seed sd (a, b) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for (opt, decay), cell in sorted(runs.items()):
+        for method in METHODS:
+            by_seed = cell.get(method, {})
+            if not by_seed:
+                continue
+            v = list(by_seed.values())
+            lines.append(f"| {opt} | {decay:g} | {LABEL[method]} | {len(v)} | {statistics.mean(v):.3f} ± {sd(v):.3f} | "
+                         + ", ".join(f"s{s}: {p:.3f}" for s, p in sorted(by_seed.items())) + " |")
+        for a, b in (("alphadecay", "uniform"), ("uniform", "none"), ("alphadecay", "none")):
+            seeds = sorted(set(cell.get(a, {})) & set(cell.get(b, {})))
+            if not seeds:
+                continue
+            diffs = [cell[a][s] - cell[b][s] for s in seeds]
+            spread = (sd(list(cell[a].values())), sd(list(cell[b].values())))
+            pairs.append(f"| {opt} | {decay:g} | {LABEL[a]} − {LABEL[b]} | "
+                         + ", ".join(f"{d:+.3f}" for d in diffs)
+                         + f" | {statistics.mean(diffs):+.3f} ± {sd(diffs):.3f} | {spread[0]:.3f}, {spread[1]:.3f} | "
+                         f"{verdict(diffs, spread)} |")
+    return "\n".join(lines + pairs) + "\n"
+
+
+def plot(logs: dict, out: str) -> list[str]:
+    """Per-type mean alpha and the decay range of the AlphaDecay runs over training."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    for optimizer in ("adamw", "adam"):
+        chosen = [log for log in logs.values() if log.config["args"]["strategy"] == "alphadecay"
+                  and log.config["args"]["optimizer"] == optimizer]
+        if not chosen:
+            continue
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        for log in chosen:
+            seed = log.config["args"]["seed"]
+            decays = log.records.get("decay", [])
+            steps = [r["step"] for r in decays]
+            for kind in ("q", "k", "v", "o", "gate", "up", "down"):
+                left.plot(steps, [r["type_mean_alpha"].get(kind, float("nan")) for r in decays],
+                          label=kind if seed == chosen[0].config["args"]["seed"] else None)
+            right.fill_between(steps, [min(r["module_weight_decay"].values()) for r in decays],
+                               [max(r["module_weight_decay"].values()) for r in decays], alpha=0.2)
+            right.plot(steps, [statistics.median(r["module_weight_decay"].values()) for r in decays],
+                       label=f"seed {seed} (median, min-max band)")
+        left.set(xlabel="update", ylabel="mean alpha of the module type", title=f"AlphaDecay, {optimizer}: alphas")
+        right.set(xlabel="update", ylabel="weight decay", title=f"AlphaDecay, {optimizer}: assigned decays")
+        left.legend(ncol=2, fontsize=8)
+        right.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out, f"alphadecay_{optimizer}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", help="folder holding one folder per run (scripts/compare_strategies.sh: OUT/compare)")
+    p.add_argument("--out", default=None, help="where report.md and the plots go (default: RUNS)")
+    args = p.parse_args()
+    out = args.out or args.runs
+    runs, logs = collect(args.runs)
+    if not runs:
+        print(f"error: no finished runs under {args.runs}", file=sys.stderr)
+        return 2
+    text = report(runs)
+    plots = plot(logs, out)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text + "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots))
+    print(text)
+    print("plots: " + ", ".join(plots) if plots else "plots: none (matplotlib missing)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
