@@ -84,3 +84,31 @@ def test_loss_bench_variants_agree_on_the_loss(tmp_path, c4_dir, t5_dir):
         _finite(r, "best_s", "tokens_per_s", "speedup", "mean_loss")
     # Four ways to one loss: the same batches give the same mean loss whichever path computed it.
     assert max(r["mean_loss"] for r in rows) - min(r["mean_loss"] for r in rows) < 1e-4
+
+
+def test_gpu_suite_smoke_runs_every_part_on_cpu(tmp_path):
+    """SMOKE=1 bash bench/gpu_suite.sh: the CUDA tests on the CPU, throughput with and without compile, the
+    ESD pass, the Uniform vs AlphaDecay runs; a JSON and a Markdown summary."""
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path), "ALPHADECAY_DATA_DIR": str(DATA_DIR),
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert summary["smoke"] and summary["tests"]["rc"] == 0 and "5 passed" in summary["tests"]["summary"]
+    assert [r["compile"] for r in summary["throughput"]] == [False, True]
+    assert all(r["tokens_per_s"] > 0 for r in summary["throughput"])
+    esd = json.loads(summary["esd"]["tail"].strip().splitlines()[-1])
+    assert esd["size"] == "60m" and esd["max_rel_alpha_diff"] < 1e-4
+    assert all(math.isfinite(summary["comparison"][m]["eval_ppl"]) for m in ("uniform", "alphadecay"))
+    assert "| llama_9m | 4 x 64 |" in (tmp_path / "gpu_suite.md").read_text()
+
+
+def test_gpu_suite_without_cuda_says_so():
+    import pytest
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the suite would run")
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh")], cwd=REPO, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "SMOKE"}, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no CUDA device" in proc.stderr

@@ -1,0 +1,106 @@
+"""The accelerator paths: bf16 weights and autocast-free bf16 compute, fused AdamW, SDPA, torch.compile, a
+one-rank process group (NCCL on CUDA), FSDP2 with bf16 mixed precision.
+
+They run on CUDA (bench/gpu_suite.sh runs them there) and skip without it; ``ALPHADECAY_TEST_DEVICE=cpu``
+runs the same code on the CPU (the suite's SMOKE mode does, with the compile backend ``aot_eager``
+instead of inductor so that no C++ toolchain is needed).
+"""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import alphadecay
+from alphadecay.training.loss import NextTokenLoss
+from alphadecay.training.optim import build_optimizer
+from alphadecay.training.parallel import parallelize
+from conftest import tiny_llama
+
+DEVICE = torch.device(os.environ.get("ALPHADECAY_TEST_DEVICE", "cuda"))
+COMPILE_BACKEND = os.environ.get("ALPHADECAY_COMPILE_BACKEND", "inductor")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def batch(n=4, length=32, vocab=500):
+    torch.manual_seed(0)
+    ids = torch.randint(2, vocab, (n, length))
+    mask = torch.ones_like(ids)
+    mask[0, length // 2:] = 0                       # one right-padded row
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def train_steps(loss_fn, optimizer, steps=3):
+    ids, mask = batch()
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(**loss_fn.inputs(ids, mask, DEVICE))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_pure_low_precision_training_with_fused_adamw(dtype):
+    model = tiny_llama().to(DEVICE, dtype)
+    assert model.config._attn_implementation == "sdpa"
+    policy = alphadecay.AlphaDecay(model, weight_decay=0.1, update_every=2)
+    optimizer = build_optimizer("adamw", policy.param_groups(), lr=1e-3, device=DEVICE)
+    assert optimizer.defaults["fused"] is True
+    policy.initial_assignment(optimizer)
+    losses = train_steps(NextTokenLoss(model), optimizer)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert all(p.dtype == dtype and p.device.type == DEVICE.type for p in model.parameters())
+
+
+def test_fused_loss_equals_transformers_loss_in_bf16():
+    model = tiny_llama().to(DEVICE, torch.bfloat16)
+    ids, mask = batch()
+    loss_fn = NextTokenLoss(model)
+    ours = loss_fn(**loss_fn.inputs(ids, mask, DEVICE)).float()
+    labels = ids.masked_fill(mask == 0, -100).to(DEVICE)
+    reference = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=labels).loss.float()
+    assert torch.allclose(ours, reference, rtol=2e-2)
+
+
+def test_compiled_decoder_matches_eager():
+    model = tiny_llama().to(DEVICE)
+    loss_fn = NextTokenLoss(model)
+    ids, mask = batch()
+    eager = loss_fn(**loss_fn.inputs(ids, mask, DEVICE)).item()
+    loss_fn.compile(backend=COMPILE_BACKEND)
+    compiled = loss_fn(**loss_fn.inputs(ids, mask, DEVICE))
+    compiled.backward()
+    assert abs(compiled.item() - eager) < 1e-4 * abs(eager)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.fixture
+def one_rank_group():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = "nccl" if DEVICE.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            device_id=DEVICE if DEVICE.type == "cuda" else None)
+    yield backend
+    dist.destroy_process_group()
+
+
+def test_one_rank_process_group_analysis_and_fsdp_bf16(one_rank_group):
+    model = tiny_llama().float().to(DEVICE)
+    alone = alphadecay.analyze(model, distributed=False)
+    assert alphadecay.analyze(model) == alone                  # through the process group, same numbers
+    net = parallelize(NextTokenLoss(model), world_size=1, device=DEVICE, fsdp=True, param_dtype=torch.bfloat16)
+    assert net.sharded and all(p.dtype == torch.float32 for p in model.parameters())   # float32 shards
+    sharded = alphadecay.analyze(model)
+    assert all(abs(sharded[n]["alpha"] - alone[n]["alpha"]) <= 1e-6 * abs(alone[n]["alpha"]) for n in alone)
+    policy = alphadecay.AlphaDecay(model, weight_decay=0.1)
+    optimizer = build_optimizer("adamw", policy.param_groups(), lr=1e-3, device=DEVICE)
+    policy.initial_assignment(optimizer)
+    losses = train_steps(net.forward, optimizer)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
