@@ -3,6 +3,7 @@
 <save_dir>/model_<update_step>/
     config.json, model.safetensors, generation_config.json   <- AutoModelForCausalLM.from_pretrained
     tokenizer files                                          <- AutoTokenizer.from_pretrained
+    (both made right for evaluation tools with default arguments: export.clean_for_evaluation)
     training_state.pt    optimizer, scheduler, strategy, per-rank data position and RNG, counters
                          (plain tensors and containers: loads with torch.load(weights_only=True))
     training_state.json  the counters, human-readable
@@ -32,6 +33,7 @@ from safetensors.torch import load_file
 
 from ..distributed import is_sharded, local_part
 from ..errors import ConfigError, one_line, require_writable_folder
+from .export import clean_for_evaluation
 
 STATE_FILE = "training_state.pt"
 OPTIMIZER_DIR = "optimizer"
@@ -110,6 +112,7 @@ def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_stat
             model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+                clean_for_evaluation(tmp, vocab_size=model.config.vocab_size, max_length=tokenizer.model_max_length)
             state = {**training_state, "world_size": world_size, "ranks": per_rank}
             torch.save(state, os.path.join(tmp, STATE_FILE))
             counters = {k: v for k, v in training_state.items() if isinstance(v, (int, float, str))}
