@@ -52,3 +52,73 @@ def test_config_is_true_to_training_and_generation_uses_the_cache(checkpoint):
     with torch.no_grad():
         logp = model(ids).logits.log_softmax(-1)[0, len(context) - 1:-1]
     assert torch.isfinite(logp.gather(1, torch.tensor(continuation)[:, None]).sum())
+
+
+TASKS = {"local_mc": """task: local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}/mc.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_target: label
+doc_to_choice: choices
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""", "local_rolling": """task: local_rolling
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}/text.jsonl
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+    aggregation: weighted_perplexity
+    higher_is_better: false
+"""}
+
+
+def test_lm_eval_with_default_arguments_scores_what_the_model_computes(checkpoint, tmp_path):
+    """lm-eval (pinned, offline: local task files) on a checkpoint, default model arguments: each multiple-choice
+    log-likelihood and each rolling log-likelihood equals the one computed by hand from the model."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    items = [{"question": "The sky is", "choices": [" blue", " a piano"], "label": 0},
+             {"question": "Water boils at", "choices": [" one hundred degrees", " noon"], "label": 0}]
+    texts = ["The weather today is sunny and warm.", "A cat sat on the mat, and the dog watched it."]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, spec in TASKS.items():
+        (tasks / f"{name}.yaml").write_text(spec.format(data=tmp_path))
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={checkpoint}", tasks=list(TASKS), device="cpu",
+                                  task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+                                  log_samples=True)
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+
+    def logprob(prefix, target):
+        ids = torch.tensor([prefix + target])
+        with torch.no_grad():
+            lp = model(ids).logits.float().log_softmax(-1)[0, len(prefix) - 1:-1]
+        return lp.gather(1, torch.tensor(target)[:, None]).sum().item()
+
+    for sample in out["samples"]["local_mc"]:
+        for (context, continuation), ((got, _),) in zip(sample["arguments"], sample["resps"]):
+            whole, ctx = tok(context + continuation).input_ids, tok(context).input_ids
+            assert whole[:len(ctx)] == ctx
+            assert got == pytest.approx(logprob(ctx, whole[len(ctx):]), abs=1e-4)
+    for sample, text in zip(out["samples"]["local_rolling"], texts):
+        # rolling: every token scored, the first after the prefix token (EOS: T5 has no BOS)
+        assert sample["resps"][0][0] == pytest.approx(logprob([tok.eos_token_id], tok(text).input_ids), abs=1e-3)
+    assert 0 <= out["results"]["local_mc"]["acc,none"] <= 1
