@@ -32,7 +32,7 @@ def collect(folder: str) -> dict:
         final = log.last("final")
         if log.config is None or final is None:
             continue
-        a = log.config["args"]
+        a = log.config
         logs[path] = log
         if a["strategy"] == "none":
             zero[a["seed"]] = final["eval_ppl"]
@@ -90,18 +90,18 @@ def plot(logs: dict, out: str) -> list[str]:
         return []
     made = []
     for optimizer in ("adamw", "adam"):
-        chosen = [log for log in logs.values() if log.config["args"]["strategy"] == "alphadecay"
-                  and log.config["args"]["optimizer"] == optimizer]
+        chosen = [log for log in logs.values() if log.config["strategy"] == "alphadecay"
+                  and log.config["optimizer"] == optimizer]
         if not chosen:
             continue
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         for log in chosen:
-            seed = log.config["args"]["seed"]
+            seed = log.config["seed"]
             decays = log.records.get("decay", [])
             steps = [r["step"] for r in decays]
             for kind in ("q", "k", "v", "o", "gate", "up", "down"):
                 left.plot(steps, [r["type_mean_alpha"].get(kind, float("nan")) for r in decays],
-                          label=kind if seed == chosen[0].config["args"]["seed"] else None)
+                          label=kind if seed == chosen[0].config["seed"] else None)
             right.fill_between(steps, [min(r["module_weight_decay"].values()) for r in decays],
                                [max(r["module_weight_decay"].values()) for r in decays], alpha=0.2)
             right.plot(steps, [statistics.median(r["module_weight_decay"].values()) for r in decays],

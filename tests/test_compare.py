@@ -27,8 +27,8 @@ def test_comparison_commands_parse_and_share_the_data_order(tmp_path):
 
 def _run(folder, optimizer, strategy, decay, seed, ppl):
     folder.mkdir(parents=True)
-    records = [{"type": "config", "config": {"args": {"optimizer": optimizer, "strategy": strategy,
-                                                       "weight_decay": decay, "seed": seed}}},
+    records = [{"type": "config", "config": {"optimizer": optimizer, "strategy": strategy, "weight_decay": decay,
+                                             "seed": seed}},
                {"type": "decay", "step": 0, "strategy": strategy, "module_alpha": {"a": 3.0},
                 "module_weight_decay": {"a": decay}, "type_mean_alpha": {"q": 3.0}},
                {"type": "final", "step": 10, "eval_loss": 1.0, "eval_ppl": ppl, "eval_tokens": 100}]
@@ -42,7 +42,7 @@ def test_report_separates_a_resolved_difference_from_seed_noise(tmp_path):
         _run(runs / f"u{seed}", "adamw", "uniform", 0.1, seed, uniform)
         _run(runs / f"a{seed}", "adamw", "alphadecay", 0.1, seed, alpha)
     _run(runs / "unfinished", "adamw", "uniform", 0.1, 8, float("nan"))
-    (runs / "unfinished" / "metrics.jsonl").write_text(json.dumps({"type": "config", "config": {"args": {}}}) + "\n")
+    (runs / "unfinished" / "metrics.jsonl").write_text(json.dumps({"type": "config", "config": {}}) + "\n")
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_report.py"), str(runs), "--out",
                            str(tmp_path)], capture_output=True, text=True, check=True)
     rows = {line.split("|")[3].strip(): line for line in done.stdout.splitlines() if "−" in line}

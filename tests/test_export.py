@@ -122,3 +122,26 @@ def test_lm_eval_with_default_arguments_scores_what_the_model_computes(checkpoin
         # rolling: every token scored, the first after the prefix token (EOS: T5 has no BOS)
         assert sample["resps"][0][0] == pytest.approx(logprob([tok.eos_token_id], tok(text).input_ids), abs=1e-3)
     assert 0 <= out["results"]["local_mc"]["acc,none"] <= 1
+
+
+def test_table3_smoke_pipeline_offline(tmp_path):
+    """SMOKE=1 scripts/table3_zero_shot/run.sh: tiny runs, lm-eval on local stand-in tasks, the table."""
+    import os
+    import subprocess
+
+    pytest.importorskip("lm_eval")
+    from conftest import REPO
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path), "ALPHADECAY_DATA_DIR": str(DATA_DIR),
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "table3_zero_shot" / "run.sh")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("| method | ARC-c | ARC-e | PIQA | Hellaswag | OBQA | Winogrande | BoolQ | Avg. |")
+               for line in lines)
+    ours = [line for line in lines if line.startswith(("| Uniform (", "| AlphaDecay ("))]
+    assert len(ours) == 2 and all(line.count("|") == 10 and "n/a" not in line for line in ours)
+    record = json.loads((tmp_path / "table3_smoke" / "llama_9m-uniform" / "model_4" / "zero_shot.json").read_text())
+    assert record["lm_eval"] == "0.4.13" and set(record["tasks"]) == {
+        "arc_challenge", "arc_easy", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq"}
+    assert "acc_norm" in record["tasks"]["hellaswag"] and "acc_norm" not in record["tasks"]["boolq"]
