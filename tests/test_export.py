@@ -128,6 +128,7 @@ def test_table3_smoke_pipeline_offline(tmp_path):
     """SMOKE=1 scripts/table3_zero_shot/run.sh: tiny runs, lm-eval on local stand-in tasks, the table."""
     import os
     import subprocess
+    import sys
 
     pytest.importorskip("lm_eval")
     from conftest import REPO
@@ -145,3 +146,6 @@ def test_table3_smoke_pipeline_offline(tmp_path):
     assert record["lm_eval"] == "0.4.13" and set(record["tasks"]) == {
         "arc_challenge", "arc_easy", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq"}
     assert "acc_norm" in record["tasks"]["hellaswag"] and "acc_norm" not in record["tasks"]["boolq"]
+    tables = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(tmp_path / "table3_smoke"),
+                             "--table", "3"], capture_output=True, text=True, check=True).stdout
+    assert all(line in tables.splitlines() for line in ours)
