@@ -60,6 +60,7 @@ if [[ "${REPORT_ONLY:-0}" != 1 ]]; then
     echo "Comparison: $MODEL, $STEPS updates of $TOTAL_BATCH x $MAX_LENGTH tokens, seeds $SEEDS, ${#specs[@]} runs," \
          "$PARALLEL at a time, OUT=$OUT"
     start=$SECONDS
+    [[ "$DRY_RUN" == 1 ]] && PARALLEL=1       # printed commands must not interleave
     for (( l = 0; l < PARALLEL; l++ )); do lane "$l" & done
     wait
     echo "training: $(( SECONDS - start )) s"
