@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,10 @@ def teardown(clean: bool = True) -> None:
         # Every rank reaches this point before the group goes away; tearing gloo down while a peer
         # is still using it can abort the process at exit.
         dist.barrier()
+        # gloo's destructor joins its worker threads while holding the GIL; a worker still dropping the
+        # tensors of a finished collective needs the GIL for that, and the process hangs for good (torch
+        # issues #56297, #190489; seen here once in a CI run). Sleeping releases the GIL so they finish first.
+        time.sleep(0.2)
     try:
         dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - a peer that already failed can make the group's shutdown fail too
