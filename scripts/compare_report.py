@@ -124,6 +124,7 @@ def main():
     p.add_argument("--out", default=None, help="where report.md and the plots go (default: RUNS)")
     args = p.parse_args()
     out = args.out or args.runs
+    os.makedirs(out, exist_ok=True)
     runs, logs = collect(args.runs)
     if not runs:
         print(f"error: no finished runs under {args.runs}", file=sys.stderr)
