@@ -65,6 +65,11 @@ def is_sharded(tensor) -> bool:
     return isinstance(tensor, DTensor)
 
 
+def has_sharded_params(module: torch.nn.Module) -> bool:
+    """Whether ``fully_shard`` (FSDP2) made the module's parameters DTensors."""
+    return any(is_sharded(p) for p in module.parameters())
+
+
 def local_part(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's piece of a DTensor, or the tensor itself."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -296,8 +296,9 @@ class AWD(DecayStrategy):
         grads = [p.grad for p in params if p.grad is not None]
         weights = [p for p in params if p.grad is not None]
         if grads:
-            if any(is_sharded(g) for g in grads):   # FSDP: each rank holds a piece; sums of squares over ranks
-                norms = squared_norms(grads).sum().sqrt().item(), squared_norms(weights).sum().sqrt().item()
+            if any(is_sharded(g) for g in grads):   # FSDP: each rank holds a piece; one sum over ranks for both
+                squares = squared_norms(grads + weights)
+                norms = squares[:len(grads)].sum().sqrt().item(), squares[len(grads):].sum().sqrt().item()
             else:   # one host sync per update: both norms are reduced on the device first
                 norms = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(t)).double())
                                      for t in (grads, weights)]).tolist()

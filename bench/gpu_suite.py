@@ -20,6 +20,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
+from common import machine, median  # noqa: E402
 # The paper's micro-batches (scripts/common.sh) at 256 tokens.
 SIZES = {"llama_60m": 256, "llama_130m": 256, "llama_350m": 128, "llama_1b": 16}
 
@@ -79,11 +80,11 @@ def part_throughput(device: torch.device, sizes: dict, steps: int, compile_backe
                     first = time.perf_counter() - t
                 if step >= 3:
                     rates.append(rate)
-            tok_s = sorted(r["throughput_tokens"] for r in rates)[len(rates) // 2]
+            tok_s = median([r["throughput_tokens"] for r in rates])
             mfu = [r["mfu"] for r in rates if "mfu" in r]
             rows.append({"model": stem, "micro_batch": micro, "tokens": length, "compile": compiled,
                          "dtype": str(dtype).replace("torch.", ""), "tokens_per_s": round(tok_s),
-                         "mfu": round(sorted(mfu)[len(mfu) // 2], 4) if mfu else None,
+                         "mfu": round(median(mfu), 4) if mfu else None,
                          "first_step_s": round(first, 2),
                          "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
                          if device.type == "cuda" else None})
@@ -164,7 +165,7 @@ def main() -> int:
     summary = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["bench/gpu_suite.sh"] + sys.argv[1:])
                + (" (SMOKE=1)" if args.smoke else ""), "smoke": args.smoke, "torch": torch.__version__,
                "transformers": transformers.__version__,
-               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "machine": machine(device),
                "tests": {}, "throughput": [], "esd": {}, "comparison": {}}
     parts = args.parts.split(",")
     failed = []

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed-controlled comparison of WD=0, Uniform and AlphaDecay, sized to about an hour of a 2-core CPU,
+# Seed-controlled comparison of WD=0, Uniform and AlphaDecay, about 2 hours of a 2-core CPU (16 min per run),
 # rerunnable at any scale by its variables. Every run sees the same data in the same order (the data
 # order is fixed by seed 42; --seed changes only the initialisation).
 #

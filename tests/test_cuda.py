@@ -96,7 +96,7 @@ def test_one_rank_process_group_analysis_and_fsdp_bf16(one_rank_group):
     alone = alphadecay.analyze(model, distributed=False)
     assert alphadecay.analyze(model) == alone                  # through the process group, same numbers
     net = parallelize(NextTokenLoss(model), world_size=1, device=DEVICE, fsdp=True, param_dtype=torch.bfloat16)
-    assert net.sharded and all(p.dtype == torch.float32 for p in model.parameters())   # float32 shards
+    assert alphadecay.distributed.has_sharded_params(net.loss) and all(p.dtype == torch.float32 for p in model.parameters())   # float32 shards
     sharded = alphadecay.analyze(model)
     assert all(abs(sharded[n]["alpha"] - alone[n]["alpha"]) <= 1e-6 * abs(alone[n]["alpha"]) for n in alone)
     policy = alphadecay.AlphaDecay(model, weight_decay=0.1)

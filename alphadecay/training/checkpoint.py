@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from ..distributed import is_sharded, local_part
+from ..distributed import has_sharded_params, is_sharded, local_part
 from ..errors import ConfigError, one_line, require_writable_folder
 from .export import clean_for_evaluation
 
@@ -97,7 +97,7 @@ def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_stat
         del entry["pid"]
     final = os.path.join(path_dir, f"model_{step}")
     tmp = os.path.join(path_dir, f".tmp-model_{step}-{pid}")   # one name on every rank
-    sharded = any(is_sharded(p) for p in model.parameters())
+    sharded = has_sharded_params(model)
     weights = None
     if sharded:
         weights = _full_weights(model)
@@ -285,7 +285,7 @@ class Checkpointer:
         if saved != optimizer_name:
             raise ConfigError(f"checkpoint {path!r} was trained with --optimizer {saved}, this run asks for "
                               f"{optimizer_name}; resume with --optimizer {saved}")
-        sharded = any(is_sharded(p) for p in model.parameters())
+        sharded = has_sharded_params(model)
         written_sharded = state.get("optimizer_format") == "dcp"
         if sharded != written_sharded:
             raise ConfigError(f"checkpoint {path!r} was written {'with' if written_sharded else 'without'} --fsdp; "

@@ -7,14 +7,10 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from ..distributed import is_sharded
+from ..distributed import has_sharded_params
 from .eval_data import eval_batches
 from .loss import NextTokenLoss
 from .model import vocab_guard
-
-
-def _is_sharded(module: torch.nn.Module) -> bool:
-    return any(is_sharded(p) for p in module.parameters())
 
 
 def _most_over_ranks(count: int, device: torch.device) -> int:
@@ -62,7 +58,7 @@ class Evaluator:
         batches = list(self._batches())
         # Sharded parameters are gathered inside every forward, a collective: every rank runs as many forwards
         # as the rank with the most batches; the extra ones (and batches predicting nothing) are discarded.
-        sharded = _is_sharded(loss_fn)
+        sharded = has_sharded_params(loss_fn)
         forwards = _most_over_ranks(len(batches), self.device) if sharded else len(batches)
         for i in range(forwards):
             inputs = loss_fn.inputs(guard(batches[i]["input_ids"]), batches[i]["attention_mask"],

@@ -114,7 +114,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         def save() -> str | None:
             return checkpointer.save(state.update_step, model, optimizer, {
                 "update_step": state.update_step, "tokens_seen": state.tokens_seen,
-                "skipped_updates": state.skipped_updates, "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(), "data": loader.state_dict(),
+                "skipped_updates": state.skipped_updates, "scheduler": scheduler.state_dict(),
+                "strategy": strategy.state_dict(), "data": loader.state_dict(),
                 "model_config": args.model_config, "optimizer_name": args.optimizer})
 
         started, preempted = time.time(), False

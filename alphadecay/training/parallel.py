@@ -24,7 +24,6 @@ class Parallelized:
     forward: torch.nn.Module                     # forward(**loss_fn.inputs(...)) -> mean loss of the micro-batch
     no_sync: Callable[[], ContextManager]        # gradients stay local inside it (all micro-steps but the last)
     loss: NextTokenLoss                          # the same loss without DDP's wrapper: evaluation calls it
-    sharded: bool = False                        # parameters are DTensors (FSDP2)
 
 
 def parallelize(loss_fn: NextTokenLoss, *, world_size: int, device: torch.device, compile: bool = False,
@@ -65,4 +64,4 @@ def _fully_shard(loss_fn: NextTokenLoss, *, device, compile: bool, param_dtype) 
 
     # Gradients are reduce-scattered after every micro-batch and accumulate sharded (torchtitan's choice):
     # skipping the sync would hold the whole float32 gradient (4 bytes per parameter) between micro-batches.
-    return Parallelized(loss_fn, contextlib.nullcontext, loss_fn, sharded=True)
+    return Parallelized(loss_fn, contextlib.nullcontext, loss_fn)
