@@ -8,6 +8,10 @@
     ...
     policy.step(optimizer, step)   # after backward, before optimizer.step()
 """
+from ._torchvision import make_importable as _make_torchvision_importable
+
+_make_torchvision_importable()   # before anything imports transformers or timm (see _torchvision.py)
+
 from .analysis import analyze, module_type, score_modules
 from .assign import assign
 from .esd import eigenvalues, linear_modules, weight_metrics

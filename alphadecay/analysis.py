@@ -9,17 +9,27 @@ import torch.nn as nn
 from .distributed import is_sharded, local_part, sharded_rows, sharded_weight_rows, squared_norms
 from .esd import METRICS, linear_modules, weight_metrics
 
-# The paper's module types and the names LLaMA (and GPT-2) give them; "qkv" is GPT-2's fused c_attn.
+# The paper's module types and the names LLaMA, GPT-2, BERT-family encoders (RoBERTa) and timm's ViT give them.
 MODULE_TYPES = ("q", "k", "v", "qkv", "o", "gate", "up", "down")
 _TYPE_OF_SUFFIX = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
-                   "up_proj": "up", "down_proj": "down", "c_attn": "qkv", "c_fc": "up"}
+                   "up_proj": "up", "down_proj": "down", "c_attn": "qkv", "c_fc": "up",
+                   "query": "q", "key": "k", "value": "v",            # BERT/RoBERTa self-attention
+                   "fc1": "up", "fc2": "down"}                         # timm ViT MLP
+# Names whose meaning depends on the parent: (parent, leaf) -> type.
+_TYPE_OF_PAIR = {("attn", "c_proj"): "o", ("mlp", "c_proj"): "down",   # GPT-2
+                 ("attn", "qkv"): "qkv", ("attn", "proj"): "o",        # timm ViT
+                 ("output", "dense"): "down", ("intermediate", "dense"): "up"}   # BERT/RoBERTa
 
 
 def module_type(name: str) -> str:
-    """'model.layers.3.self_attn.q_proj' -> 'q'; GPT-2's attn.c_proj -> 'o', mlp.c_proj -> 'down'."""
+    """'model.layers.3.self_attn.q_proj' -> 'q'; GPT-2's attn.c_proj -> 'o', mlp.c_proj -> 'down'; RoBERTa's
+    attention.self.query -> 'q', attention.output.dense -> 'o', intermediate.dense -> 'up', output.dense -> 'down';
+    timm ViT's attn.qkv -> 'qkv', attn.proj -> 'o', mlp.fc1/fc2 -> 'up'/'down'. Anything else: its last name."""
     parts = name.split(".")
-    if parts[-1] == "c_proj" and len(parts) > 1:
-        return "o" if parts[-2] == "attn" else "down"
+    if len(parts) > 2 and parts[-3:-1] == ["attention", "output"] and parts[-1] == "dense":
+        return "o"
+    if len(parts) > 1 and (parts[-2], parts[-1]) in _TYPE_OF_PAIR:
+        return _TYPE_OF_PAIR[(parts[-2], parts[-1])]
     return _TYPE_OF_SUFFIX.get(parts[-1], parts[-1])
 
 

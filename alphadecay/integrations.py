@@ -78,14 +78,19 @@ class AlphaDecayCallback(TrainerCallback):
     in force continue until the next reassignment.
     """
 
-    def __init__(self, policy, *, log_summary: bool = True):
+    def __init__(self, policy, *, log_summary: bool = True, on_assignment=None):
+        """``on_assignment(assignment)``: called with every assignment, the initial one included (e.g.
+        ``RunLogger.decay`` to write the same decay records as pretraining)."""
         self.policy = policy
         self.log_summary = log_summary
+        self.on_assignment = on_assignment
         self.assignments = []
         self._pending: dict[str, float] | None = None
         if policy.last is not None:  # the initial assignment, made by create_optimizer()
             self.assignments.append(policy.last)
             self._pending = summary(policy.last) if log_summary else None
+            if on_assignment is not None:
+                on_assignment(policy.last)
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is None:
@@ -102,6 +107,8 @@ class AlphaDecayCallback(TrainerCallback):
         assignment = self.policy.step(optimizer, state.global_step)
         if assignment is not None:
             self.assignments.append(assignment)
+            if self.on_assignment is not None:
+                self.on_assignment(assignment)
             if self.log_summary:
                 self._pending = summary(assignment)
 
@@ -113,3 +120,30 @@ class AlphaDecayCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(self._pending)
         self._pending = None
+
+
+class RunLoggerCallback(TrainerCallback):
+    """Trainer's logs as the pretraining loop's metrics.jsonl records (``training.logger.RunLogger``), so that the
+    same readers (plots, tables) read both: training logs become ``train`` records (step, loss, lr, grad_norm),
+    evaluation logs ``eval`` records with the ``eval_`` prefix dropped (eval_loss kept)."""
+
+    def __init__(self, logger):
+        self.logger = logger
+        self._eval: dict = {}   # one eval record per step: MNLI's matched and mismatched logs are merged
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        step = state.global_step
+        if "loss" in logs:
+            self.logger.write({"type": "train", "step": step, "loss": logs["loss"],
+                               "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                               "epoch": logs.get("epoch")})
+        elif any(k.startswith("eval_") for k in logs):
+            metrics = {(k if k == "eval_loss" else k[len("eval_"):]): v for k, v in logs.items()
+                       if k.startswith("eval_") and isinstance(v, (int, float))
+                       and not k.endswith(("_runtime", "_per_second"))}
+            if self._eval.get("step") != step:
+                self._eval = {"type": "eval", "step": step, "epoch": logs.get("epoch")}
+            self._eval.update(metrics)
+            self.logger.write(dict(self._eval))   # readers keep the last record of a step

@@ -305,9 +305,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", help="folders searched recursively for metrics.jsonl (or .jsonl files)")
-    p.add_argument("--table", default="auto", choices=["auto", "all", "2", "12", "11", "5", "3"],
-                   help="which table(s) to print (default auto: every table that has runs); 3: the zero-shot "
-                        "table from the zero_shot.json files of scripts/table3_zero_shot")
+    p.add_argument("--table", default="auto", choices=["auto", "all", "2", "12", "11", "5", "3", "4", "vit"],
+                   help="which table(s) to print (default auto: every pretraining table that has runs); 3: the "
+                        "zero-shot table from the zero_shot.json files of scripts/table3_zero_shot; 4: GLUE "
+                        "(scripts/table4_glue); vit: the ViT-tiny row of Table 5 (scripts/table5_vit_tiny)")
     p.add_argument("--paper", default=DEFAULT_PAPER, help="the paper's tables.json ('' for none)")
     p.add_argument("--csv", default=None, help="also write the cells to this CSV file")
     p.add_argument("--digits", type=int, default=2, help="decimals of the perplexities")
@@ -318,6 +319,9 @@ def main(argv=None) -> int:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "table3_zero_shot"))
         import table as zero_shot
         return zero_shot.main(args.folders + ["--paper", args.paper])
+    if args.table in ("4", "vit"):
+        import downstream_tables
+        return downstream_tables.main(args.folders, args.table, args.paper)
 
     missing = [f for f in args.folders if not os.path.exists(f)]
     if missing:

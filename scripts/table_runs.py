@@ -112,8 +112,9 @@ def read_run(metrics_file: str) -> Run:
     return run
 
 
-def find_runs(folders: list[str]) -> list[Run]:
-    seen, runs = set(), []
+def metrics_files(folders: list[str]) -> list[str]:
+    """Every metrics.jsonl under the folders (or the .jsonl files given), each once, in a stable order."""
+    seen, out = set(), []
     for folder in folders:
         if os.path.isfile(folder) and folder.endswith(".jsonl"):
             files = [folder]
@@ -126,11 +127,20 @@ def find_runs(folders: list[str]) -> list[Run]:
                     files.append(os.path.join(root, "metrics.jsonl"))
         for file in sorted(files):
             real = os.path.realpath(file)
-            if real in seen:
-                continue
-            seen.add(real)
-            runs.append(read_run(file))
-    return runs
+            if real not in seen:
+                seen.add(real)
+                out.append(file)
+    return out
+
+
+def is_downstream(config: dict | None) -> bool:
+    """A GLUE or ViT run (alphadecay.tasks), which the pretraining tables leave to downstream_tables.py."""
+    return bool(config) and "task" in config
+
+
+def find_runs(folders: list[str]) -> list[Run]:
+    runs = [read_run(f) for f in metrics_files(folders)]
+    return [r for r in runs if not is_downstream(r.config)]
 
 
 # ---------------------------------------------------------------------------------------------------

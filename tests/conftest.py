@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import alphadecay  # noqa: F401 - first: a torchvision built for another torch must not break transformers (_torchvision.py)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ALPHADECAY_DATA_DIR", REPO.parent / "shared" / "data"))
 

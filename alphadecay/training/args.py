@@ -31,6 +31,40 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}; see python torchrun_main.py --help\n")
 
 
+def add_weight_decay_flags(p: argparse.ArgumentParser, *, weight_decay: float) -> None:
+    """The strategy flags (the release's names), shared by pretraining, GLUE and ViT: read back by
+    ``resolve_strategy``, ``check_weight_decay_flags`` and ``optim.strategy_from_args``."""
+    w = p.add_argument_group("weight decay")
+    w.add_argument("--weight_decay", type=float, default=weight_decay, help="base decay wd (0 gives the WD=0 baseline)")
+    w.add_argument("--strategy", default=None, choices=sorted(STRATEGIES),
+                   help="weight-decay strategy; derived from the release's flags when omitted: "
+                        "--use_modulewise_wd -> alphadecay (adadecay with --esd_metric_for_tb gradnorm), "
+                        "--use_AWD_NeurIPS2023 -> awd, neither -> uniform (none when --weight_decay 0)")
+    w.add_argument("--use_modulewise_wd", action="store_true", help="module-wise decay (AlphaDecay); without it "
+                   "the run is Uniform")
+    w.add_argument("--alpha_positively_with_WD", action="store_true",
+                   help="larger score -> larger decay (AlphaDecay's direction); without it the mapping is reversed")
+    w.add_argument("--use_AWD_NeurIPS2023", action="store_true", help="the AWD baseline (decay scaled 100x, as the release)")
+    w.add_argument("--unbalancedWD_every", type=int, default=500, help="reassign module-wise decays every N updates")
+    w.add_argument("--esd_metric_for_tb", default="alpha", choices=ESD_METRICS, help="score that drives the decays")
+    w.add_argument("--assign_func", default="tb_linear_map", choices=ASSIGN_FUNCS, help="score -> decay map")
+    w.add_argument("--wd_min_ratio", type=float, default=0.6666, help="decay of the smallest score, x wd")
+    w.add_argument("--wd_max_ratio", type=float, default=3.0, help="decay of the largest score, x wd")
+    w.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS, help="xmin selection for the Hill fit")
+    w.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
+    w.add_argument("--filter_zeros", type=parse_bool, default=False, help="drop eigenvalues <= 1e-5 before fitting")
+    w.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd")
+    w.add_argument("--remove_first_layer", type=parse_bool, default=True, help="first linear module keeps wd")
+    w.add_argument("--remove_last_layer", type=parse_bool, default=True, help="last linear module (lm_head) keeps wd")
+    w.add_argument("--farms", action="store_true", help="fit alpha on square sub-windows (FARMS aspect-ratio fix)")
+    w.add_argument("--esd_float64", action="store_true", help="compute eigenvalues in float64")
+    w.add_argument("--alpha_every", type=int, default=None,
+                   help="log module alphas every N updates (default: --unbalancedWD_every for module-wise "
+                        "strategies, only at the start otherwise; 0 = only at the start)")
+    w.add_argument("--batchnorm", type=parse_bool, default=True, help="accepted for the release's scripts (no BatchNorm in LLaMA)")
+    w.add_argument("--batchnorm_type", default="name", help="accepted for the release's scripts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="torchrun_main.py",
@@ -70,35 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--use_hf_model", action="store_true", help="accepted for the release's scripts; models always "
                    "come from transformers here")
 
-    w = p.add_argument_group("weight decay")
-    w.add_argument("--weight_decay", type=float, default=1e-5, help="base decay wd (0 gives the WD=0 baseline)")
-    w.add_argument("--strategy", default=None, choices=sorted(STRATEGIES),
-                   help="weight-decay strategy; derived from the release's flags when omitted: "
-                        "--use_modulewise_wd -> alphadecay (adadecay with --esd_metric_for_tb gradnorm), "
-                        "--use_AWD_NeurIPS2023 -> awd, neither -> uniform (none when --weight_decay 0)")
-    w.add_argument("--use_modulewise_wd", action="store_true", help="module-wise decay (AlphaDecay); without it "
-                   "the run is Uniform")
-    w.add_argument("--alpha_positively_with_WD", action="store_true",
-                   help="larger score -> larger decay (AlphaDecay's direction); without it the mapping is reversed")
-    w.add_argument("--use_AWD_NeurIPS2023", action="store_true", help="the AWD baseline (decay scaled 100x, as the release)")
-    w.add_argument("--unbalancedWD_every", type=int, default=500, help="reassign module-wise decays every N updates")
-    w.add_argument("--esd_metric_for_tb", default="alpha", choices=ESD_METRICS, help="score that drives the decays")
-    w.add_argument("--assign_func", default="tb_linear_map", choices=ASSIGN_FUNCS, help="score -> decay map")
-    w.add_argument("--wd_min_ratio", type=float, default=0.6666, help="decay of the smallest score, x wd")
-    w.add_argument("--wd_max_ratio", type=float, default=3.0, help="decay of the largest score, x wd")
-    w.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS, help="xmin selection for the Hill fit")
-    w.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
-    w.add_argument("--filter_zeros", type=parse_bool, default=False, help="drop eigenvalues <= 1e-5 before fitting")
-    w.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd")
-    w.add_argument("--remove_first_layer", type=parse_bool, default=True, help="first linear module keeps wd")
-    w.add_argument("--remove_last_layer", type=parse_bool, default=True, help="last linear module (lm_head) keeps wd")
-    w.add_argument("--farms", action="store_true", help="fit alpha on square sub-windows (FARMS aspect-ratio fix)")
-    w.add_argument("--esd_float64", action="store_true", help="compute eigenvalues in float64")
-    w.add_argument("--alpha_every", type=int, default=None,
-                   help="log module alphas every N updates (default: --unbalancedWD_every for module-wise "
-                        "strategies, only at the start otherwise; 0 = only at the start)")
-    w.add_argument("--batchnorm", type=parse_bool, default=True, help="accepted for the release's scripts (no BatchNorm in LLaMA)")
-    w.add_argument("--batchnorm_type", default="name", help="accepted for the release's scripts")
+    add_weight_decay_flags(p, weight_decay=1e-5)
 
     d = p.add_argument_group("data")
     d.add_argument("--dataset_path", default=None,
@@ -164,28 +170,44 @@ _NUMBER_RULES = [
     ("lr", lambda v: v > 0, "positive"), ("batch_size", lambda v: v > 0, "positive"),
     ("max_length", lambda v: v > 1, "at least 2 (a sequence must predict a token)"),
     ("num_training_steps", lambda v: v > 0, "positive"), ("weight_decay", lambda v: v >= 0, ">= 0"),
-    ("warmup_steps", lambda v: v >= 0, ">= 0"), ("unbalancedWD_every", lambda v: v >= 1, ">= 1"),
-    ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"), ("xmin_pos", lambda v: v >= 1, ">= 1"),
+    ("warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("grad_clipping", lambda v: v >= 0, ">= 0 (0 = off)"), ("workers", lambda v: v >= 0, ">= 0"),
-    ("target_eval_tokens", lambda v: v > 0, "positive"), ("eigs_thresh", lambda v: v >= 0, ">= 0"),
+    ("target_eval_tokens", lambda v: v > 0, "positive"),
     ("eval_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     ("save_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     ("keep_last_checkpoints", lambda v: v >= 0, ">= 0 (0 = keep all)"), ("log_every", lambda v: v >= 1, ">= 1"),
-    ("alpha_every", lambda v: v is None or v >= 0, ">= 0 (0 = only at the start)"),
     ("eval_batch_size", lambda v: v is None or v > 0, "positive"),
     ("total_batch_size", lambda v: v is None or v > 0, "positive"),
     ("gradient_accumulation", lambda v: v is None or v >= 1, ">= 1"),
+]
+_WEIGHT_DECAY_RULES = [
+    ("weight_decay", lambda v: v >= 0, ">= 0"), ("unbalancedWD_every", lambda v: v >= 1, ">= 1"),
+    ("xmin_pos", lambda v: v >= 1, ">= 1"), ("eigs_thresh", lambda v: v >= 0, ">= 0"),
+    ("alpha_every", lambda v: v is None or v >= 0, ">= 0 (0 = only at the start)"),
     ("wd_min_ratio", lambda v: v >= 0, ">= 0"), ("wd_max_ratio", lambda v: v >= 0, ">= 0"),
 ]
 
 
-def _check_numbers(args) -> None:
-    for flag, ok, need in _NUMBER_RULES:
+def check_numbers(args, rules) -> None:
+    """Each (flag, test, what it must be) of ``rules``, or a ConfigError naming the flag."""
+    for flag, ok, need in rules:
         value = getattr(args, flag)
         finite = not isinstance(value, float) or math.isfinite(value)
         _require(finite and ok(value), f"--{flag} must be {need} and finite, got {value}; pass a valid value")
+
+
+def check_weight_decay_flags(args) -> None:
+    """Validates the strategy flags and sets ``args.strategy`` from them (see resolve_strategy)."""
+    check_numbers(args, _WEIGHT_DECAY_RULES)
     _require(args.wd_min_ratio <= args.wd_max_ratio,
              f"need 0 <= --wd_min_ratio <= --wd_max_ratio, got {args.wd_min_ratio} and {args.wd_max_ratio}")
+    args.strategy = resolve_strategy(args)
+
+
+def _check_numbers(args) -> None:
+    check_numbers(args, _NUMBER_RULES)
+    check_weight_decay_flags(args)
     _require(args.warmup_steps <= args.num_training_steps,
              f"--warmup_steps {args.warmup_steps} is beyond --num_training_steps {args.num_training_steps}; "
              f"warm up for fewer updates")
@@ -250,8 +272,6 @@ def validate(args, world_size: int = 1):
     _check_data_paths(args)
     _require(not (args.single_cuda and world_size > 1),
              "--single_cuda runs one process; launch with --nproc_per_node=1 or drop --single_cuda")
-    args.strategy = resolve_strategy(args)
-
     if args.total_batch_size is not None:
         per_update = args.batch_size * world_size
         _require(args.total_batch_size % per_update == 0,

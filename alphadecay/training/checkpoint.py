@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 
 import torch
@@ -44,6 +45,10 @@ def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    np = sys.modules.get("numpy")
+    if np is not None:   # timm's augmentations and Mixup draw from numpy's global generator
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)]
     return state
 
 
@@ -52,6 +57,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def _as_tuple(x):
@@ -86,10 +95,16 @@ def resolve(continue_from: str | None, save_dir: str) -> str | None:
     return found[-1][1] if found else None   # 'latest' with nothing saved yet starts fresh
 
 
+def save_hf_model(model, folder: str, weights: dict | None) -> None:
+    """A transformers model folder (``from_pretrained`` reads it)."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=weights)
+
+
 def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_state: dict, rank: int,
-         world_size: int, keep_last: int = 0) -> str | None:
+         world_size: int, keep_last: int = 0, write_model=save_hf_model) -> str | None:
     """Collective: every rank calls it; rank 0 writes (every rank writes its optimizer shard under FSDP2).
-    Returns the checkpoint path on rank 0."""
+    ``write_model(model, folder, full_weights_or_None)`` writes the weights in the model family's own format
+    (*.safetensors, which ``load_model_weights`` reads back). Returns the checkpoint path on rank 0."""
     per_rank = _gather({"data": training_state.pop("data"), "rng": rng_state(),
                         "local": training_state.pop("local", {}), "pid": os.getpid()}, world_size)
     pid = per_rank[0]["pid"]
@@ -109,7 +124,7 @@ def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_stat
         if not sharded:
             shutil.rmtree(tmp, ignore_errors=True)
         try:
-            model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
+            write_model(model, tmp, weights)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
                 clean_for_evaluation(tmp, vocab_size=model.config.vocab_size, max_length=tokenizer.model_max_length)
@@ -247,9 +262,10 @@ class Checkpointer:
     Collective where noted: every rank calls ``save`` and ``restore``; rank 0 alone writes.
     """
 
-    def __init__(self, save_dir: str, *, rank: int, world_size: int, keep_last: int = 0, tokenizer=None):
+    def __init__(self, save_dir: str, *, rank: int, world_size: int, keep_last: int = 0, tokenizer=None,
+                 write_model=save_hf_model):
         self.save_dir, self.rank, self.world_size = save_dir, rank, world_size
-        self.keep_last, self.tokenizer = keep_last, tokenizer
+        self.keep_last, self.tokenizer, self.write_model = keep_last, tokenizer, write_model
 
     def prepare(self, *, resuming: bool, overwrite: bool) -> None:
         """Before any work: the folder is writable, and a new run never lands on top of another run.
@@ -276,7 +292,7 @@ class Checkpointer:
         """Collective. Returns the checkpoint path on rank 0 (None elsewhere)."""
         return save(self.save_dir, step, model=model, optimizer=optimizer, tokenizer=self.tokenizer,
                     training_state=training_state, rank=self.rank, world_size=self.world_size,
-                    keep_last=self.keep_last)
+                    keep_last=self.keep_last, write_model=self.write_model)
 
     def restore(self, path: str, *, model, optimizer, scheduler, strategy, loader, optimizer_name: str) -> dict:
         """Everything a run continues from; returns the counters (update_step, tokens_seen, skipped_updates)."""

@@ -1,0 +1,112 @@
+"""Image-folder data for ViT training: timm's dataset and transforms, an epoch order every rank agrees on, and
+batches that resume mid-epoch exactly.
+
+A folder holds ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (ImageNet's usual layout; class folders sorted
+give the labels). Every training sample is augmented with its random generators seeded from (seed, epoch,
+position in the epoch), so an image gets the same augmentation whichever worker loads it and whether or not
+the run was interrupted: a resumed run sees exactly the batches the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+from ..errors import ConfigError
+
+
+def image_folder(root: str, split: str, transform):
+    """timm's folder dataset for ``root/split`` (one sub-folder per class)."""
+    from timm.data import create_dataset
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"no {split}/ folder in --data_dir {root!r}; lay the images out as {split}/<class>/<image>")
+    try:
+        dataset = create_dataset("", root=root, split=split, transform=transform)
+    except Exception as e:  # noqa: BLE001 - timm raises RuntimeError or FileNotFoundError for an empty folder
+        raise ConfigError(f"cannot read images from {folder!r} ({' '.join(str(e).split())[:150]}); it needs "
+                          f"one sub-folder per class holding images") from None
+    if len(dataset) == 0:
+        raise ConfigError(f"no images in {folder!r}; it needs one sub-folder per class holding images")
+    return dataset
+
+
+class _SeededSamples(torch.utils.data.Dataset):
+    """Reads keys (index, seed): seeds python, numpy and torch from the key, then loads and augments."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        import numpy as np
+        index, seed = key
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+
+class TrainImages:
+    """Endless training batches for one rank, over epochs; ``state_dict`` is the position (epoch, batch).
+
+    Each epoch is one permutation of the dataset (from ``seed`` and the epoch) cut into ``world_size`` equal
+    parts, the last incomplete global batch dropped; rank r reads part r, ``batch_size`` images at a time.
+    """
+
+    def __init__(self, dataset, *, batch_size: int, rank: int, world_size: int, seed: int, workers: int):
+        self.dataset, self.batch_size = _SeededSamples(dataset), batch_size
+        self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, workers
+        self.batches_per_epoch = len(dataset) // (batch_size * world_size)
+        if self.batches_per_epoch == 0:
+            raise ConfigError(f"{len(dataset)} training images are fewer than one batch of {batch_size} x "
+                              f"{world_size} ranks; lower --batch_size or add images")
+        self.epoch, self.batch = 0, 0
+        self.skipped_documents = 0   # the pretraining loop's counter, for the same final record
+
+    def _keys(self, epoch: int) -> list[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        per_rank = self.batches_per_epoch * self.batch_size
+        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        base = (self.seed * 1_000_003 + epoch) * 10_000_019
+        keys = [(index, base + self.rank * per_rank + i) for i, index in enumerate(mine)]
+        return [keys[i:i + self.batch_size] for i in range(0, per_rank, self.batch_size)]
+
+    def __iter__(self):
+        while True:
+            batches = self._keys(self.epoch)[self.batch:]
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
+                                                 pin_memory=torch.cuda.is_available(),
+                                                 persistent_workers=False)
+            for images, targets in loader:
+                self.batch += 1
+                yield images, targets
+            self.epoch, self.batch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+def eval_batches(dataset, *, batch_size: int, rank: int, world_size: int, workers: int):
+    """This rank's share of the validation images (every image on exactly one rank, none repeated)."""
+    indices = list(range(rank, len(dataset), world_size))
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                       num_workers=workers, shuffle=False)
+
+
+def transforms(args, training: bool):
+    """The DeiT recipe through timm: RandAugment, color jitter, random erasing for training; resize and center
+    crop (crop_pct 0.875) for evaluation; bicubic, ImageNet mean/std."""
+    from timm.data import create_transform
+    if training:
+        return create_transform(args.img_size, is_training=True, auto_augment=args.aa or None,
+                                color_jitter=args.color_jitter, re_prob=args.reprob, re_mode="pixel", re_count=1,
+                                interpolation="bicubic")
+    return create_transform(args.img_size, is_training=False, interpolation="bicubic", crop_pct=args.crop_pct)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Table 4 of the paper: roberta-base fine-tuned on eight GLUE tasks with WD=0, Uniform, AWD, AdaDecay and
+# AlphaDecay (python -m alphadecay.tasks.glue, transformers' Trainer with the AlphaDecay plug-in), then the table.
+#
+#   bash scripts/table4_glue/run.sh                            # 8 tasks x 5 methods x 3 seeds, one lane
+#   GPUS=0,1,2,3 bash scripts/table4_glue/run.sh               # one run per GPU at a time
+#   TASKS="rte mrpc" METHODS="uniform alphadecay" SEEDS="1" bash scripts/table4_glue/run.sh
+#   SMOKE=1 bash scripts/table4_glue/run.sh                    # offline, CPU, minutes: a tiny world, then the table
+#
+# Variables: TASKS, METHODS (none uniform awd adadecay alphadecay), SEEDS (1 2 3), WD (0.1, the RoBERTa recipe's
+# decay, the base of every method), MODEL (roberta-base or a folder), DATA_DIR (a folder with one subfolder of
+# local files per task; default: the hub's nyu-mll/glue), OUT (runs/table4_glue), GPUS, PARALLEL (CPU lanes),
+# EXTRA (more flags for every run, e.g. "--epochs 3"), DRY_RUN=1 (print the commands).
+# The hyper-parameters are RoBERTa's GLUE recipe (python -m alphadecay.tasks.glue --help). Re-running skips
+# finished runs. Without internet on the compute nodes: load each task once where the hub is reachable with the
+# same HF_HOME (datasets caches it), then set HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1.
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+: "${TASKS:=cola mnli mrpc qnli qqp rte sst2 stsb}" "${METHODS:=none uniform awd adadecay alphadecay}"
+: "${SEEDS:=1 2 3}" "${WD:=0.1}" "${MODEL:=roberta-base}" "${DATA_DIR:=}" "${EXTRA:=}"
+source "$REPO/scripts/downstream.sh"
+export WANDB_MODE="${WANDB_MODE:-}" TOKENIZERS_PARALLELISM=false
+
+if [[ "${SMOKE:-0}" == 1 ]]; then
+    : "${OUT:=$REPO/runs/table4_smoke}"
+    rm -rf "$OUT"; mkdir -p "$OUT"
+    export WANDB_MODE=disabled OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+    "$PYTHON" "$HERE/make_smoke.py" "$OUT/world" > "$OUT/world.log" 2>&1 \
+        || { echo "error: building the tiny model and data failed; see $OUT/world.log" >&2; exit 1; }
+    MODEL="$OUT/world/model" DATA_DIR="$OUT/world/data" TASKS="${SMOKE_TASKS:-mrpc stsb}" SEEDS=1
+    PARALLEL="${PARALLEL:-2}"
+    EXTRA="--max_steps 24 --batch_size 16 --lr 1e-3 --unbalancedWD_every 8 --log_every 8 --device cpu --no_wandb $EXTRA"
+else
+    : "${OUT:=$REPO/runs/table4_glue}"
+fi
+
+RUNS=()
+for task in $TASKS; do
+    for method in $METHODS; do
+        flags="$(method_flags "$method" "$WD")" || exit 2
+        decay="$WD"; [[ "$method" == none ]] && decay=0
+        for seed in $SEEDS; do
+            data=""; [[ -n "$DATA_DIR" ]] && data="--data_dir $DATA_DIR/$task"
+            RUNS+=("$task-$method-wd$decay-s$seed"$'\t'"$PYTHON -m alphadecay.tasks.glue --task $task --model_name_or_path $MODEL $data $flags --seed $seed $EXTRA")
+        done
+    done
+done
+echo "Table 4: ${#RUNS[@]} runs (tasks: $TASKS; methods: $METHODS; seeds: $SEEDS), OUT=$OUT"
+run_grid; status=$?
+[[ "$DRY_RUN" == 1 ]] && exit 0
+[[ "${SMOKE:-0}" == 1 ]] && echo "(SMOKE: a random 2-layer RoBERTa after 24 updates on generated rows; the numbers mean nothing)"
+"$PYTHON" "$REPO/scripts/make_tables.py" "$OUT" --table 4 || status=1
+exit $status
