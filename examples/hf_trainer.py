@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-import alphadecay
+import alphadecay  # first: a torchvision built for another torch must not break transformers (see alphadecay/_torchvision.py)
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 from alphadecay.integrations import AlphaDecayCallback, create_optimizer
 
 TEXT = """Heavy-tailed self-regularization theory says that the empirical spectral density of a weight

@@ -13,6 +13,16 @@ def test_every_flag_is_in_the_readme():
     assert not missing, missing
 
 
+def test_every_fine_tuning_flag_is_documented():
+    from alphadecay.tasks.glue import build_parser as glue_parser
+    from alphadecay.tasks.vit_args import build_parser as vit_parser
+    doc = (REPO / "docs" / "finetuning_flags.md").read_text()
+    for parser in (glue_parser(), vit_parser()):
+        flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+        missing = [f for f in flags if f"`{f}`" not in doc]
+        assert not missing, missing
+
+
 def test_readme_paths_exist():
     for path in set(re.findall(r"(?:scripts|bench|configs|docs|examples)/[\w./-]+\.(?:sh|py|json|md)", README)):
         assert (REPO / path).exists(), path

@@ -54,3 +54,17 @@ def test_example_runs_from_the_installed_package(tmp_path):
                           env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 assignments; at step 2" in proc.stdout   # step 0 (create_optimizer) and step 2
+
+
+def test_a_torchvision_built_for_another_torch_does_not_break_imports():
+    """Where torchvision's compiled ops cannot load (this CI's CUDA torchvision wheel beside a CPU torch),
+    importing alphadecay first lets torchvision, timm and transformers import; elsewhere it changes nothing."""
+    import subprocess
+    import sys
+    code = ("import alphadecay, torchvision, timm\n"
+            "from transformers import LlamaConfig\n"
+            "print(torchvision.extension._has_ops(), alphadecay._torchvision._LIBRARY is not None)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    has_ops, declared = r.stdout.split()
+    assert (has_ops, declared) in (("True", "False"), ("False", "True"))   # declared only when the ops are missing

@@ -241,17 +241,22 @@ def parse_args(argv=None):
                          ("batch_size", lambda v: v is None or v > 0, "positive"),
                          ("grad_clipping", lambda v: v >= 0, ">= 0"), ("max_train_samples", lambda v: v >= 0, ">= 0")])
     check_weight_decay_flags(args)
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise ConfigError(f"--data_dir {args.data_dir!r} is not a folder; pass the folder of the task's train and "
+                          f"validation files, or drop it to use the hub")
     args.name = args.name or f"{args.task}-{args.strategy}-s{args.seed}"
     return args
 
 
+def _run_cli(fn, args) -> int:
+    fn(args)
+    return 0
+
+
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-        return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Bad input: one line on stderr, exit code 2."""
+    from ..cli import run_tool
+    return run_tool(lambda a: _run_cli(run, parse_args(a)), argv)
 
 
 if __name__ == "__main__":

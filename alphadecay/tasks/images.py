@@ -79,9 +79,11 @@ class TrainImages:
     def __iter__(self):
         while True:
             batches = self._keys(self.epoch)[self.batch:]
+            # Its own generator: starting an epoch must not draw from the global RNG (dropout, drop path,
+            # Mixup use it), or a run resumed at an epoch boundary would diverge from the uninterrupted one.
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
                                                  pin_memory=torch.cuda.is_available(),
-                                                 persistent_workers=False)
+                                                 generator=torch.Generator().manual_seed(self.seed + self.epoch))
             for images, targets in loader:
                 self.batch += 1
                 yield images, targets

@@ -247,14 +247,17 @@ def train(args) -> dict:
         return {"update_step": step, **final, "checkpoint": path, "model": model, "strategy": strategy}
 
 
+def _run_cli(fn, args) -> int:
+    fn(args)
+    return 0
+
+
 def main(argv=None) -> int:
+    """Bad input: one line on stderr, exit code 2; a non-finite loss: one line, exit code 1."""
+    from ..cli import run_tool
     from .vit_args import parse_args
     try:
-        train(parse_args(argv))
-        return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return run_tool(lambda a: _run_cli(train, parse_args(a)), argv)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ import json
 import os
 import sys
 
+import alphadecay  # noqa: F401,E402 - before lm_eval imports transformers: a mismatched torchvision (_torchvision.py)
+
 PAPER_TASKS = ("arc_challenge", "arc_easy", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq")
 
 
