@@ -330,7 +330,8 @@ def main(argv=None) -> int:
     runs = find_runs(args.folders)
     paper, paper_note = load_paper(args.paper)
     if not runs:
-        print(f"no metrics.jsonl found under {', '.join(args.folders)}", file=sys.stderr)
+        print(f"no pretraining runs (metrics.jsonl) under {', '.join(args.folders)}; GLUE and ViT runs: --table 4, "
+              f"--table vit", file=sys.stderr)
         return 1
     tables = build_tables(runs, args.table, args.main_every)
     out = []

@@ -227,3 +227,32 @@ def test_interval_table_and_grouping(tmp_path):
 
     only11 = _make_tables(root, "--table", "11", "--paper", "").stdout
     assert "### Table 11" in only11 and "### Table 2" not in only11 and not re.search(r"\[paper \d", only11)
+
+
+def test_downstream_tables_average_seeds_and_show_the_paper(tmp_path):
+    """GLUE and ViT runs: mean ± sample sd per cell over seeds, unfinished runs counted and left out, the paper's
+    numbers beside ours, and the pretraining tables leave these runs alone."""
+    for seed, (mrpc, rte) in enumerate([(80.0, 60.0), (84.0, 64.0)], start=1):
+        for task, score in (("mrpc", mrpc), ("rte", rte)):
+            _write(tmp_path / "glue" / f"{task}-alphadecay-s{seed}" / "", [
+                {"type": "config", "step": 0, "config": {"task": task, "strategy": "alphadecay", "weight_decay": 0.1,
+                                                         "seed": seed}},
+                {"type": "final", "step": 10, "task": task, "score": score}])
+    _write(tmp_path / "glue" / "rte-uniform-s1" / "", [
+        {"type": "config", "step": 0, "config": {"task": "rte", "strategy": "uniform", "weight_decay": 0.1}}])
+    r = _make_tables(str(tmp_path / "glue"), "--table", "4")
+    assert r.returncode == 0, r.stderr
+    row = _rows(r.stdout)["AlphaDecay"]
+    assert "82.00 ± 2.83 (n=2)" in row and "62.00 ± 2.83 (n=2)" in row and row.rstrip(" |").endswith("72.00")
+    assert "paper: AlphaDecay" in r.stdout and "89.61" in r.stdout and "1 unfinished" in r.stdout
+
+    for seed, top1 in ((0, 0.60), (1, 0.64)):
+        _write(tmp_path / "vit" / f"vit-alphadecay-s{seed}" / "", [
+            {"type": "config", "step": 0, "config": {"task": "image_classification", "strategy": "alphadecay",
+                                                     "weight_decay": 1e-6}},
+            {"type": "final", "step": 10, "top1": top1, "top5": 0.9}])
+    r = _make_tables(str(tmp_path / "vit"), "--table", "vit")
+    assert r.returncode == 0, r.stderr
+    assert "Top-1 @ wd 1e-6" in r.stdout and "62.00 ± 2.83 (n=2) [paper 67.73]" in _rows(r.stdout)["AlphaDecay"]
+    r = subprocess.run([sys.executable, str(MAKE_TABLES), str(tmp_path)], capture_output=True, text=True, env=_env())
+    assert r.returncode == 1 and "--table 4" in r.stderr   # the pretraining tables leave them to --table 4 / vit
