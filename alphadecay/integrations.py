@@ -20,13 +20,17 @@ parameter groups (the callback raises at train start if the groups lost their na
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import defaultdict
 
 import torch
 from transformers import TrainerCallback
 
 from .analysis import MODULE_TYPES, module_type
+
+STRATEGY_FILE = "alphadecay_strategy.json"
 
 
 def create_optimizer(policy, args, model=None):
@@ -74,8 +78,9 @@ class AlphaDecayCallback(TrainerCallback):
     user callbacks and do not see these keys unless the callback is moved first:
     ``trainer.callback_handler.callbacks.insert(0, trainer.pop_callback(AlphaDecayCallback))``.
 
-    On resume from a checkpoint Trainer restores the optimizer, group decays included, so the decays
-    in force continue until the next reassignment.
+    On resume from a checkpoint Trainer restores the optimizer, group decays included; the strategy's own
+    state (AWD's running average, the step of the last assignment) is written beside each checkpoint Trainer
+    saves in ``output_dir`` (``alphadecay_strategy.json``) and read back when training resumes from one.
     """
 
     def __init__(self, policy, *, log_summary: bool = True, on_assignment=None):
@@ -92,7 +97,17 @@ class AlphaDecayCallback(TrainerCallback):
             if on_assignment is not None:
                 on_assignment(policy.last)
 
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            with open(os.path.join(folder, STRATEGY_FILE), "w") as f:
+                json.dump(self.policy.state_dict(), f)
+
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STRATEGY_FILE)
+        if state.global_step > 0 and os.path.isfile(saved):   # resumed from that checkpoint
+            with open(saved) as f:
+                self.policy.load_state_dict(json.load(f))
         if optimizer is None:
             return
         names = {g.get("name") for g in optimizer.param_groups}

@@ -16,7 +16,12 @@ def test_every_flag_is_in_the_readme():
 def test_every_fine_tuning_flag_is_documented():
     from alphadecay.tasks.glue import build_parser as glue_parser
     from alphadecay.tasks.vit_args import build_parser as vit_parser
+    import subprocess
+    import sys
     doc = (REPO / "docs" / "finetuning_flags.md").read_text()
+    written = subprocess.run([sys.executable, str(REPO / "scripts" / "finetuning_flags.py")], capture_output=True,
+                             text=True, check=True).stdout
+    assert doc.strip() == written.strip(), "docs/finetuning_flags.md is stale: python scripts/finetuning_flags.py > it"
     for parser in (glue_parser(), vit_parser()):
         flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
         missing = [f for f in flags if f"`{f}`" not in doc]

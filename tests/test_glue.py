@@ -124,3 +124,24 @@ def test_smoke_script_runs_every_method_and_prints_table4(tmp_path):
     for name in runs:
         records = _records(tmp_path / "t4" / name)
         assert any(x["type"] == "decay" for x in records) and records[-1]["type"] == "final"
+
+
+def test_resume_from_an_epoch_checkpoint_matches_the_uninterrupted_run(world, tmp_path):
+    """AWD (whose running average lives only in the strategy) for two epochs, checkpointing each; a run continued
+    from the first epoch's checkpoint ends with the same evaluation and the same decays."""
+    def run(out, *extra):
+        return glue.run(glue.parse_args([
+            "--task", "mrpc", "--model_name_or_path", str(world / "model"), "--data_dir", str(world / "data" / "mrpc"),
+            "--output_dir", str(out), "--strategy", "awd", "--epochs", "2", "--batch_size", "32",
+            "--save_each_epoch", "--device", "cpu", "--no_wandb", "--lr", "1e-3", "--log_every", "1", *extra]))
+
+    straight = run(tmp_path / "straight")
+    first = tmp_path / "straight" / "checkpoint-8"
+    assert (first / "alphadecay_strategy.json").is_file()
+    import shutil
+    shutil.copytree(first, tmp_path / "resumed" / "checkpoint-8")
+    resumed = run(tmp_path / "resumed", "--continue_from", "latest")
+    assert resumed["loss"] == straight["loss"] and resumed["accuracy"] == straight["accuracy"]
+    losses = {r["step"]: r["loss"] for r in _records(tmp_path / "straight") if r["type"] == "train"}
+    again = {r["step"]: r["loss"] for r in _records(tmp_path / "resumed") if r["type"] == "train"}
+    assert again == {s: v for s, v in losses.items() if s > 8} and len(again) == 8

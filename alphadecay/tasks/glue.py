@@ -139,7 +139,8 @@ def run(args) -> dict:
 
     spec = TASKS[args.task]
     rank = int(os.environ.get("RANK", "0"))
-    Checkpointer(args.output_dir, rank=rank, world_size=1).prepare(resuming=False, overwrite=args.overwrite)
+    resuming = args.continue_from is not None
+    Checkpointer(args.output_dir, rank=rank, world_size=1).prepare(resuming=resuming, overwrite=args.overwrite)
     transformers.set_seed(args.seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
@@ -162,11 +163,12 @@ def run(args) -> dict:
         per_device_eval_batch_size=args.eval_batch_size, num_train_epochs=args.epochs,
         max_steps=args.max_steps or -1, warmup_steps=args.warmup_ratio, lr_scheduler_type="linear",
         adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, max_grad_norm=args.grad_clipping,
-        eval_strategy="epoch" if not args.max_steps else "no", save_strategy="no", logging_steps=args.log_every,
+        eval_strategy="epoch" if not args.max_steps else "no", logging_steps=args.log_every,
+        save_strategy="epoch" if args.save_each_epoch else "no", save_total_limit=2, save_only_model=False,
         report_to="none", use_cpu=not cuda, bf16=bf16, disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=args.workers)
     strategy = strategy_from_args(args, model)
-    with RunLogger(args.output_dir, enabled=rank == 0, resumed=False,
+    with RunLogger(args.output_dir, enabled=rank == 0, resumed=resuming,
                    run_config={"args": vars(args), "model": {**count_params(model), **model.config.to_dict()}},
                    wandb=None if args.no_wandb else WandbSettings(args.wandb_project, args.name)) as log:
         optimizer = create_optimizer(strategy, training_args, model)
@@ -177,7 +179,7 @@ def run(args) -> dict:
                           compute_metrics=lambda p: task_metrics(args.task, p.predictions, p.label_ids),
                           callbacks=[AlphaDecayCallback(strategy, on_assignment=lambda a: log.decay(a, args.strategy)),
                                      RunLoggerCallback(log)])
-        trainer.train()
+        trainer.train(resume_from_checkpoint=_checkpoint(args.output_dir) if resuming else None)
         final = {}
         for name, ds in eval_sets.items():
             prefix = "eval" if len(eval_sets) == 1 else f"eval_{name}"
@@ -190,6 +192,15 @@ def run(args) -> dict:
         print(f"{args.task} {args.strategy} seed {args.seed}: score {result['score']:.2f} "
               f"({TASKS[args.task].metric})", file=sys.stderr)
     return result
+
+
+def _checkpoint(output_dir: str) -> str:
+    from transformers.trainer_utils import get_last_checkpoint
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last is None:
+        raise ConfigError(f"--continue_from latest: no checkpoint-<step> folder in {output_dir!r}; train with "
+                          f"--save_each_epoch first, or start afresh without --continue_from")
+    return last
 
 
 def build_parser():
@@ -206,6 +217,10 @@ def build_parser():
     a.add_argument("--cache_dir", default=None, help="datasets cache folder (default: the datasets library's)")
     a.add_argument("--output_dir", required=True, help="run folder: metrics.jsonl (and wandb files)")
     a.add_argument("--overwrite", action="store_true", help="move a previous run in --output_dir aside")
+    a.add_argument("--save_each_epoch", action="store_true", help="checkpoint at the end of every epoch (Trainer's "
+                   "checkpoint-<step> folders, the newest two kept, with the strategy's state)")
+    a.add_argument("--continue_from", default=None, choices=["latest"], help="resume from the newest checkpoint in "
+                   "--output_dir (written with --save_each_epoch)")
     o = p.add_argument_group("fine-tuning (RoBERTa's GLUE recipe)")
     o.add_argument("--lr", type=float, default=None, help="peak lr (default per task: 1e-5, RTE/STS-B 2e-5)")
     o.add_argument("--batch_size", type=int, default=None, help="sequences per update (default per task: 32, "
@@ -241,6 +256,8 @@ def parse_args(argv=None):
                          ("batch_size", lambda v: v is None or v > 0, "positive"),
                          ("grad_clipping", lambda v: v >= 0, ">= 0"), ("max_train_samples", lambda v: v >= 0, ">= 0")])
     check_weight_decay_flags(args)
+    if args.overwrite and args.continue_from is not None:
+        raise ConfigError("--overwrite starts a new run and --continue_from continues one; pass only one of them")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise ConfigError(f"--data_dir {args.data_dir!r} is not a folder; pass the folder of the task's train and "
                           f"validation files, or drop it to use the hub")

@@ -10,7 +10,8 @@
 # Variables: TASKS, METHODS (none uniform awd adadecay alphadecay), SEEDS (1 2 3), WD (0.1, the RoBERTa recipe's
 # decay, the base of every method), MODEL (roberta-base or a folder), DATA_DIR (a folder with one subfolder of
 # local files per task; default: the hub's nyu-mll/glue), OUT (runs/table4_glue), GPUS, PARALLEL (CPU lanes),
-# EXTRA (more flags for every run, e.g. "--epochs 3"), DRY_RUN=1 (print the commands).
+# EXTRA (more flags for every run, e.g. "--epochs 3"), SAVE=1 (checkpoint every epoch; an interrupted run then
+# continues from its newest checkpoint when the script is run again), DRY_RUN=1 (print the commands).
 # The hyper-parameters are RoBERTa's GLUE recipe (python -m alphadecay.tasks.glue --help). Re-running skips
 # finished runs. Without internet on the compute nodes: load each task once where the hub is reachable with the
 # same HF_HOME (datasets caches it), then set HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1.
@@ -42,7 +43,12 @@ for task in $TASKS; do
         decay="$WD"; [[ "$method" == none ]] && decay=0
         for seed in $SEEDS; do
             data=""; [[ -n "$DATA_DIR" ]] && data="--data_dir $DATA_DIR/$task"
-            RUNS+=("$task-$method-wd$decay-s$seed"$'\t'"$PYTHON -m alphadecay.tasks.glue --task $task --model_name_or_path $MODEL $data $flags --seed $seed $EXTRA")
+            name="$task-$method-wd$decay-s$seed" save=""
+            if [[ "${SAVE:-0}" == 1 ]]; then
+                save="--save_each_epoch"
+                ls -d "$OUT/$name"/checkpoint-* >/dev/null 2>&1 && save="$save --continue_from latest"
+            fi
+            RUNS+=("$name"$'\t'"$PYTHON -m alphadecay.tasks.glue --task $task --model_name_or_path $MODEL $data $flags --seed $seed $save $EXTRA")
         done
     done
 done
