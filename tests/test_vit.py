@@ -97,6 +97,12 @@ def test_bad_vit_input_is_one_line(images, tmp_path):
                         str(tmp_path / "r"), *TINY, "--batch_size", "64", "--workers", "0"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "fewer than one batch" in r.stderr.strip().splitlines()[-1]
+    for flags, words in ((["--batch_size", "7"], "is odd"), (["--model_kwargs", "{depth"], "not JSON"),
+                         (["--model", "vit_nonexistent"], "timm cannot build")):
+        r = subprocess.run([sys.executable, "-m", "alphadecay.tasks.vit", "--data_dir", str(images), "--save_dir",
+                            str(tmp_path / "r"), "--workers", "0", "--device", "cpu", "--no_wandb", *flags],
+                           capture_output=True, text=True, cwd=REPO)
+        assert r.returncode == 2 and words in r.stderr.strip().splitlines()[-1], r.stderr[-500:]
 
 
 def test_smoke_script_runs_every_method_and_prints_the_vit_table(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 
@@ -85,6 +86,15 @@ def parse_args(argv=None, world_size: int | None = None):
                          ("log_every", positive, ">= 1"), ("grad_clipping", lambda v: v >= 0, ">= 0"),
                          ("keep_last_checkpoints", lambda v: v >= 0, ">= 0")])
     check_weight_decay_flags(args)
+    if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
+        raise ConfigError(f"--batch_size {args.batch_size} is odd; Mixup/CutMix pair each image with another: pass an "
+                          f"even --batch_size, or --mixup 0 --cutmix 0")
+    try:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model_kwargs is not JSON ({e}); pass an object such as '{{\"depth\": 2}}'") from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError("--model_kwargs must be a JSON object of timm.create_model arguments, e.g. '{\"depth\": 2}'")
     if not os.path.isdir(args.data_dir):
         raise ConfigError(f"--data_dir {args.data_dir!r} is not a folder; pass the folder holding train/ and val/")
     if args.continue_from not in (None, "latest") and not os.path.isdir(args.continue_from):
