@@ -141,6 +141,7 @@ def run(args) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     resuming = args.continue_from is not None
     Checkpointer(args.output_dir, rank=rank, world_size=1).prepare(resuming=resuming, overwrite=args.overwrite)
+    resume_from = _checkpoint(args.output_dir) if resuming else None
     transformers.set_seed(args.seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
@@ -179,7 +180,7 @@ def run(args) -> dict:
                           compute_metrics=lambda p: task_metrics(args.task, p.predictions, p.label_ids),
                           callbacks=[AlphaDecayCallback(strategy, on_assignment=lambda a: log.decay(a, args.strategy)),
                                      RunLoggerCallback(log)])
-        trainer.train(resume_from_checkpoint=_checkpoint(args.output_dir) if resuming else None)
+        trainer.train(resume_from_checkpoint=resume_from)
         final = {}
         for name, ds in eval_sets.items():
             prefix = "eval" if len(eval_sets) == 1 else f"eval_{name}"
