@@ -94,19 +94,24 @@ def plot(logs: dict, out: str) -> list[str]:
                   and log.config["optimizer"] == optimizer]
         if not chosen:
             continue
+        from alphadecay.plots import TYPE_COLORS
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-        for log in chosen:
+        for i, log in enumerate(chosen):
             seed = log.config["seed"]
             decays = log.records.get("decay", [])
             steps = [r["step"] for r in decays]
-            for kind in ("q", "k", "v", "o", "gate", "up", "down"):
+            for kind in ("q", "k", "v", "o", "gate", "up", "down"):   # one colour per type, one line style per seed
                 left.plot(steps, [r["type_mean_alpha"].get(kind, float("nan")) for r in decays],
-                          label=kind if seed == chosen[0].config["seed"] else None)
+                          color=TYPE_COLORS[kind], linestyle=("-", "--", ":", "-.")[i % 4],
+                          label=kind if i == 0 else None)
             right.fill_between(steps, [min(r["module_weight_decay"].values()) for r in decays],
                                [max(r["module_weight_decay"].values()) for r in decays], alpha=0.2)
             right.plot(steps, [statistics.median(r["module_weight_decay"].values()) for r in decays],
                        label=f"seed {seed} (median, min-max band)")
-        left.set(xlabel="update", ylabel="mean alpha of the module type", title=f"AlphaDecay, {optimizer}: alphas")
+        left.set(xlabel="update", ylabel="mean alpha of the module type",
+                 title=f"AlphaDecay, {optimizer}: alphas (seeds: " + ", ".join(
+                     f"{log.config['seed']} {('solid', 'dashed', 'dotted', 'dash-dot')[i % 4]}"
+                     for i, log in enumerate(chosen)) + ")")
         right.set(xlabel="update", ylabel="weight decay", title=f"AlphaDecay, {optimizer}: assigned decays")
         left.legend(ncol=2, fontsize=8)
         right.legend(fontsize=8)
