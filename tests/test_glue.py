@@ -13,7 +13,7 @@ from alphadecay.tasks import glue, scores
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts" / "table4_glue"))
-import make_smoke  # noqa: E402
+import make_glue_world  # noqa: E402
 
 
 def test_metrics_match_their_definitions():
@@ -62,8 +62,8 @@ def test_encoder_and_vit_module_names_have_the_papers_types():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("glue_world")
-    make_smoke.write_data(str(root / "data"))
-    make_smoke.write_model(str(root / "model"))
+    make_glue_world.write_data(str(root / "data"))
+    make_glue_world.write_model(str(root / "model"))
     return root
 
 

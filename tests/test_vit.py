@@ -15,7 +15,7 @@ from alphadecay.tasks.vit_args import parse_args
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts" / "table5_vit_tiny"))
-import make_smoke  # noqa: E402
+import make_images  # noqa: E402
 
 TINY = ["--img_size", "32", "--model_kwargs", '{"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 8}',
         "--batch_size", "8", "--warmup_epochs", "1", "--eval_batch_size", "16", "--log_every", "1", "--device", "cpu",
@@ -25,7 +25,7 @@ TINY = ["--img_size", "32", "--model_kwargs", '{"embed_dim": 64, "depth": 2, "nu
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
-    make_smoke.write_folder(str(root), classes=3, train=12, val=4, size=32)
+    make_images.write_folder(str(root), classes=3, train=12, val=4, size=32)
     return root
 
 

@@ -27,7 +27,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
     : "${OUT:=$REPO/runs/table4_smoke}"
     rm -rf "$OUT"; mkdir -p "$OUT"
     export WANDB_MODE=disabled OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-    "$PYTHON" "$HERE/make_smoke.py" "$OUT/world" > "$OUT/world.log" 2>&1 \
+    "$PYTHON" "$HERE/make_glue_world.py" "$OUT/world" > "$OUT/world.log" 2>&1 \
         || { echo "error: building the tiny model and data failed; see $OUT/world.log" >&2; exit 1; }
     MODEL="$OUT/world/model" DATA_DIR="$OUT/world/data" TASKS="${SMOKE_TASKS:-mrpc stsb}" SEEDS=1
     PARALLEL="${PARALLEL:-2}"

@@ -26,7 +26,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
     : "${OUT:=$REPO/runs/table5_smoke}"
     rm -rf "$OUT"; mkdir -p "$OUT"
     export WANDB_MODE=disabled OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-    "$PYTHON" "$HERE/make_smoke.py" "$OUT/images" || { echo "error: generating the image folder failed" >&2; exit 1; }
+    "$PYTHON" "$HERE/make_images.py" "$OUT/images" || { echo "error: generating the image folder failed" >&2; exit 1; }
     IMAGENET="$OUT/images" PARALLEL="${PARALLEL:-2}" DECAYS="1e-6"
     EXTRA="--img_size 32 --model_kwargs '{\"embed_dim\": 64, \"depth\": 2, \"num_heads\": 2, \"patch_size\": 8}' \
 --batch_size 16 --num_training_steps 12 --warmup_epochs 1 --workers 0 --eval_batch_size 32 --save_every 6 \

@@ -1,6 +1,6 @@
 """A tiny offline GLUE world for SMOKE=1 runs and tests: generated rows, a word-level tokenizer, a random RoBERTa.
 
-    python scripts/table4_glue/make_smoke.py OUT     # OUT/model (tokenizer + tiny roberta), OUT/data/<task>/
+    python scripts/table4_glue/make_glue_world.py OUT     # OUT/model (tokenizer + tiny roberta), OUT/data/<task>/
 
 The rows follow simple rules (a paraphrase is a shuffle of the same words, similarity is the share of common
 words, an acceptable sentence keeps its words in order) so that the models can learn something in a few
@@ -84,7 +84,7 @@ def write_model(folder: str, seed: int = 0) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: make_smoke.py OUT", file=sys.stderr)
+        print("usage: make_glue_world.py OUT", file=sys.stderr)
         return 2
     write_data(os.path.join(argv[0], "data"))
     write_model(os.path.join(argv[0], "model"))

@@ -1,6 +1,6 @@
 """A small generated image folder for SMOKE=1 runs and tests: OUT/train/<class>/*.png and OUT/val/<class>/*.png.
 
-    python scripts/table5_vit_tiny/make_smoke.py OUT [--classes 4 --train 24 --val 8 --size 32]
+    python scripts/table5_vit_tiny/make_images.py OUT [--classes 4 --train 24 --val 8 --size 32]
 
 Each class is a colour with a stripe orientation, plus noise, so a tiny ViT can learn it in a few updates.
 """
