@@ -54,7 +54,6 @@ def spearman(x, y) -> float:
 
 def topk_correct(logits, target, ks=(1, 5)) -> list[int]:
     """How many rows have their target among the k largest logits, for each k (k clipped to the classes)."""
-    import torch
     k_max = min(max(ks), logits.shape[-1])
     top = logits.topk(k_max, dim=-1).indices
     hit = top == target.unsqueeze(-1)
