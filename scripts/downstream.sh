@@ -1,6 +1,8 @@
 # Shared by scripts/table4_glue/run.sh and scripts/table5_vit_tiny/run.sh (sourced): a grid of runs over lanes.
 #
 #   method_flags METHOD DECAY   -> the strategy flags of one method (none = WD=0 whatever DECAY says)
+#   grid_then_table TABLE NOTE  -> run_grid, then make_tables.py --table TABLE (NOTE printed first under SMOKE=1);
+#                                  exit code 1 if a run or the table failed
 #   run_grid                    -> runs every "NAME<TAB>command" line of the array RUNS with $DIR_FLAG $OUT/NAME
 #                                  added; a run whose metrics.jsonl has a final record is skipped, an unfinished
 #                                  one is started again (--overwrite moves it aside) unless its command continues
@@ -45,4 +47,12 @@ run_grid() {
     for (( l = 0; l < lanes; l++ )); do _lane "$l" "$lanes" "${devices[$l]:-}" & done
     wait
     if [[ -f "$OUT/.failed" ]]; then echo "error: $(wc -l < "$OUT/.failed") run(s) failed: $(tr '\n' ' ' < "$OUT/.failed")" >&2; return 1; fi
+}
+
+grid_then_table() {
+    run_grid; local status=$?
+    [[ "$DRY_RUN" == 1 ]] && return 0
+    [[ "${SMOKE:-0}" == 1 ]] && echo "$2"
+    "$PYTHON" "$REPO/scripts/make_tables.py" "$OUT" --table "$1" || status=1
+    return $status
 }

@@ -53,8 +53,4 @@ for task in $TASKS; do
     done
 done
 echo "Table 4: ${#RUNS[@]} runs (tasks: $TASKS; methods: $METHODS; seeds: $SEEDS), OUT=$OUT"
-run_grid; status=$?
-[[ "$DRY_RUN" == 1 ]] && exit 0
-[[ "${SMOKE:-0}" == 1 ]] && echo "(SMOKE: a random 2-layer RoBERTa after 24 updates on generated rows; the numbers mean nothing)"
-"$PYTHON" "$REPO/scripts/make_tables.py" "$OUT" --table 4 || status=1
-exit $status
+grid_then_table 4 "(SMOKE: a random 2-layer RoBERTa after 24 updates on generated rows; the numbers mean nothing)"

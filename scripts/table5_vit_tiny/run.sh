@@ -58,8 +58,4 @@ for method in $METHODS; do
     done
 done
 echo "Table 5 (ViT): ${#RUNS[@]} runs (methods: $METHODS; decays: $DECAYS; seeds: $SEEDS), OUT=$OUT"
-run_grid; status=$?
-[[ "$DRY_RUN" == 1 ]] && exit 0
-[[ "${SMOKE:-0}" == 1 ]] && echo "(SMOKE: a 2-block ViT after 12 updates on generated 32x32 images; the numbers mean nothing)"
-"$PYTHON" "$REPO/scripts/make_tables.py" "$OUT" --table vit || status=1
-exit $status
+grid_then_table vit "(SMOKE: a 2-block ViT after 12 updates on generated 32x32 images; the numbers mean nothing)"
