@@ -298,7 +298,7 @@ class AWD(DecayStrategy):
         if grads:
             if any(is_sharded(g) for g in grads):   # FSDP: each rank holds a piece; one sum over ranks for both
                 squares = squared_norms(grads + weights)
-                norms = squares[:len(grads)].sum().sqrt().item(), squares[len(grads):].sum().sqrt().item()
+                norms = torch.stack([squares[:len(grads)].sum(), squares[len(grads):].sum()]).sqrt().tolist()
             else:   # one host sync per update: both norms are reduced on the device first
                 norms = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(t)).double())
                                      for t in (grads, weights)]).tolist()

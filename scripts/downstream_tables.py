@@ -13,7 +13,7 @@ import math
 import statistics
 import sys
 
-from table_runs import STRATEGY_LABEL, METHODS, fmt_decay, is_downstream, load_paper, metrics_files
+from table_runs import METHODS, STRATEGY_LABEL, fmt_decay, fmt_mean_sd, is_downstream, load_paper, metrics_files
 
 from alphadecay.metrics import read_metrics
 
@@ -32,14 +32,6 @@ def read_downstream(folders: list[str], kind: str):
             continue
         out.append((cfg, log.last("final")))
     return out
-
-
-def fmt(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f} (n=1)"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
 
 
 def _row(cfg: dict) -> tuple[str, float]:
@@ -71,7 +63,7 @@ def glue_table(folders: list[str], paper: dict | None) -> tuple[str, int]:
         method, decay = key
         means = [statistics.fmean(cells[key][t]) for t in tasks if cells[key].get(t)]
         avg = f"{statistics.fmean(means):.2f}" if len(means) == len(tasks) else "—"
-        lines.append(f"| {method} | {fmt_decay(decay)} | " + " | ".join(fmt(cells[key].get(t, [])) for t in tasks)
+        lines.append(f"| {method} | {fmt_decay(decay)} | " + " | ".join(fmt_mean_sd(cells[key].get(t, [])) for t in tasks)
                      + f" | {avg} |")
     if ref:
         for method in METHODS:
@@ -105,7 +97,7 @@ def vit_table(folders: list[str], paper: dict | None) -> tuple[str, int]:
         row = []
         for d in decays:
             paper_value = ref.get(fmt_decay(d), {}).get(method if d else "Uniform") if d or method == "WD=0" else None
-            cell = fmt(cells[method].get(d, []))
+            cell = fmt_mean_sd(cells[method].get(d, []))
             row.append(f"{cell} [paper {paper_value:g}]" if paper_value is not None else cell)
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     lines += ["", f"{len(runs)} run(s) read, {unfinished} unfinished. Paper: ViT-tiny on ImageNet-1K with Adam "

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from table_runs import (DEFAULT_PAPER, METHODS, MODULEWISE_KEYS, OPT_LABEL, RECIPE_KEYS, Run,  # noqa: E402
-                        find_runs, fmt_decay, is_llama, load_paper, model_label, paper_model_key, paper_value)
+                        find_runs, fmt_decay, fmt_mean_sd, is_llama, load_paper, model_label, paper_model_key, paper_value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,10 +197,8 @@ def fmt_cell(cell: Cell | None, paper, digits: int) -> str:
         ours = "—"
         if cell is not None and cell.excluded:
             ours = f"— ({len(cell.excluded)} not finished)"
-    elif cell.n == 1:
-        ours = f"{cell.mean:.{digits}f} (n=1)"
     else:
-        ours = f"{cell.mean:.{digits}f} ± {cell.std:.{digits}f} (n={cell.n})"
+        ours = fmt_mean_sd(cell.values, digits)
     if cell is not None and cell.n and cell.excluded:
         ours += f" +{len(cell.excluded)} excl."
     return f"{ours} [paper {paper:g}]" if paper is not None else ours

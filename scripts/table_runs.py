@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,6 +185,15 @@ def paper_model_key(stem: str) -> str:
 def is_llama(run: Run) -> bool:
     mt = str(run.model_info.get("model_type", "")).lower()
     return mt == "llama" if mt else model_stem(run.config).lower().startswith("llama")
+
+
+def fmt_mean_sd(values: list[float], digits: int = 2) -> str:
+    """'mean ± sample sd (n=N)' of a cell's values ('—' for none, no sd for one)."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (n=1)"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
 
 
 def fmt_decay(d: float) -> str:

@@ -25,6 +25,11 @@ def test_metrics_match_their_definitions():
     assert scores.matthews([1, 1, 1], [1, 0, 1]) == 0.0                # one predicted class: defined as 0
     assert scores.spearman([1, 2, 2, 3], [10, 20, 20, 30]) == pytest.approx(1.0)   # ties share ranks
     assert scores.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    import torch
+    logits = torch.tensor([[0.1, 0.5, 0.2, 0.3, 0.0, 0.9], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5]])
+    # row 0: target 1 is 2nd (top-5, not top-1); row 1: target 0 is 1st
+    assert scores.topk_correct(logits, torch.tensor([1, 0]), (1, 5)).tolist() == [1, 2]
+    assert scores.topk_correct(logits[:, :3], torch.tensor([2, 1]), (1, 5)).tolist() == [0, 2]   # k clipped to 3
 
 
 def test_metrics_agree_with_scikit_learn_and_scipy():

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, one_line
 
-# Hub dataset, its columns per task (HF names), classes (1 = regression), evaluation splits, main metric.
-
-
 @dataclass(frozen=True)
 class Task:
+    """A GLUE task: its text columns (the hub's names), classes (1 = regression), main metric, RoBERTa's lr and
+    batch for it, and its evaluation splits."""
     keys: tuple[str, str | None]
     num_labels: int
     metric: str
@@ -173,7 +172,7 @@ def run(args) -> dict:
                    run_config={"args": vars(args), "model": {**count_params(model), **model.config.to_dict()}},
                    wandb=None if args.no_wandb else WandbSettings(args.wandb_project, args.name)) as log:
         optimizer = create_optimizer(strategy, training_args, model)
-        eval_sets = {s.removeprefix("validation_") or s: data[s] for s in spec.eval_splits}
+        eval_sets = {s.removeprefix("validation_"): data[s] for s in spec.eval_splits}
         trainer = Trainer(model=model, args=training_args, train_dataset=data["train"],
                           eval_dataset=eval_sets if len(eval_sets) > 1 else next(iter(eval_sets.values())),
                           data_collator=DataCollatorWithPadding(tokenizer), optimizers=(optimizer, None),

@@ -65,7 +65,6 @@ class TrainImages:
             raise ConfigError(f"{len(dataset)} training images are fewer than one batch of {batch_size} x "
                               f"{world_size} ranks; lower --batch_size or add images")
         self.epoch, self.batch = 0, 0
-        self.skipped_documents = 0   # the pretraining loop's counter, for the same final record
 
     def _keys(self, epoch: int) -> list[list[tuple[int, int]]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)

@@ -52,9 +52,10 @@ def spearman(x, y) -> float:
     return pearson(_ranks(x), _ranks(y))
 
 
-def topk_correct(logits, target, ks=(1, 5)) -> list[int]:
-    """How many rows have their target among the k largest logits, for each k (k clipped to the classes)."""
+def topk_correct(logits, target, ks=(1, 5)):
+    """How many rows have their target among the k largest logits, for each k (k clipped to the classes): a
+    tensor on the logits' device, so that evaluation adds it up without a host sync per batch."""
+    import torch
     k_max = min(max(ks), logits.shape[-1])
-    top = logits.topk(k_max, dim=-1).indices
-    hit = top == target.unsqueeze(-1)
-    return [int(hit[:, :min(k, k_max)].any(dim=-1).sum()) for k in ks]
+    hit = logits.topk(k_max, dim=-1).indices == target.unsqueeze(-1)
+    return torch.stack([hit[:, :min(k, k_max)].any(dim=-1).sum() for k in ks])

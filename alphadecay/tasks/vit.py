@@ -66,19 +66,12 @@ class CosineSchedule:
 
 def build_model(args):
     import timm
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     try:
         return timm.create_model(args.model, pretrained=False, num_classes=args.num_classes, img_size=args.img_size,
-                                 drop_path_rate=args.drop_path, **kwargs)
+                                 drop_path_rate=args.drop_path, **args.model_kwargs)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise ConfigError(f"timm cannot build --model {args.model!r} with --model_kwargs {args.model_kwargs!r} "
+        raise ConfigError(f"timm cannot build --model {args.model!r} with --model_kwargs {json.dumps(args.model_kwargs)} "
                           f"({' '.join(str(e).split())[:150]}); check the name and arguments") from None
-
-
-@contextlib.contextmanager
-def _autocast(device, enabled: bool):
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
-        yield
 
 
 def evaluate(model, batches, device, world_size: int, bf16: bool) -> dict:
@@ -89,15 +82,13 @@ def evaluate(model, batches, device, world_size: int, bf16: bool) -> dict:
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)   # top1, top5, loss sum, images
-    with torch.no_grad(), _autocast(device, bf16):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for images, targets in batches:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             logits = model(images).float()
-            top1, top5 = topk_correct(logits, targets, (1, 5))
-            loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-            totals += torch.stack([torch.tensor(top1, device=device, dtype=torch.float64),
-                                   torch.tensor(top5, device=device, dtype=torch.float64),
-                                   loss.double(), torch.tensor(len(targets), device=device, dtype=torch.float64)])
+            loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum").reshape(1)
+            count = torch.tensor([len(targets)], device=device)
+            totals += torch.cat([topk_correct(logits, targets, (1, 5)), loss, count]).double()   # no host sync
     if world_size > 1:
         dist.all_reduce(totals)
     model.train(was_training)
@@ -113,7 +104,7 @@ def train(args) -> dict:
 
     from ..training.checkpoint import Checkpointer
     from ..training.logger import RunLogger, WandbSettings, progress_bar
-    from ..training.loop import _agree, _clip
+    from ..training.loop import agree_across_ranks, clip_gradients
     from ..training.model import count_params
     from ..training.optim import build_optimizer, strategy_from_args
     from ..training.parallel import parallelize
@@ -193,13 +184,14 @@ def train(args) -> dict:
                     images, targets = mixup(images, targets)
                 local_images += len(images)
                 last_micro = micro == args.gradient_accumulation - 1
-                with contextlib.nullcontext() if last_micro else net.no_sync(), _autocast(rt.device, bf16):
+                with contextlib.nullcontext() if last_micro else net.no_sync(), \
+                        torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = net.forward(images, targets)
                     (loss / args.gradient_accumulation).backward()
                 loss_sum += loss.detach().float()
-            grad_norm = _clip(params, args.grad_clipping)
-            mean_loss, n_images, stop_votes = _agree(loss_sum / args.gradient_accumulation, local_images,
-                                                     stop.received is not None, rt)
+            grad_norm = clip_gradients(params, args.grad_clipping)
+            mean_loss, n_images, stop_votes = agree_across_ranks(loss_sum / args.gradient_accumulation,
+                                                                 local_images, stop.received is not None, rt)
             if not (math.isfinite(mean_loss) and math.isfinite(float(grad_norm))):
                 raise NonFiniteError(f"non-finite loss or gradient norm at update {step + 1} (loss={mean_loss}); "
                                      f"lower --lr or pass --grad_clipping")

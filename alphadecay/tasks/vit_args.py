@@ -95,6 +95,7 @@ def parse_args(argv=None, world_size: int | None = None):
         raise ConfigError(f"--model_kwargs is not JSON ({e}); pass an object such as '{{\"depth\": 2}}'") from None
     if not isinstance(kwargs, dict):
         raise ConfigError("--model_kwargs must be a JSON object of timm.create_model arguments, e.g. '{\"depth\": 2}'")
+    args.model_kwargs = kwargs
     if not os.path.isdir(args.data_dir):
         raise ConfigError(f"--data_dir {args.data_dir!r} is not a folder; pass the folder holding train/ and val/")
     if args.continue_from not in (None, "latest") and not os.path.isdir(args.continue_from):

@@ -13,10 +13,10 @@ from .loss import NextTokenLoss
 from .model import vocab_guard
 
 
-def _most_over_ranks(count: int, device: torch.device) -> int:
-    value = torch.tensor(count, device=device)
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    value = torch.tensor(int(flag), device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return int(value)
+    return bool(value)
 
 
 class Evaluator:
@@ -46,6 +46,15 @@ class Evaluator:
         return eval_batches(self.path, self.tokenizer, batch_size=self.batch_size, max_length=self.max_length,
                             target_eval_tokens=self.target_tokens, rank=self.rank, world_size=self.world_size)
 
+    def _agreed(self, batches):
+        """This rank's batches, then None, for as long as any rank still has a batch. Collective."""
+        batches = iter(batches)
+        while True:
+            batch = next(batches, None)
+            if not _any_rank(batch is not None, self.device):
+                return
+            yield batch
+
     @torch.no_grad()
     def __call__(self, loss_fn: NextTokenLoss) -> dict:
         """``loss_fn``: the model's loss module as training runs it (under FSDP2 the sharded one, whose
@@ -55,14 +64,13 @@ class Evaluator:
         model.eval()
         guard = vocab_guard(model, self.tokenizer)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)   # summed loss, predicted tokens
-        batches = list(self._batches())
-        # Sharded parameters are gathered inside every forward, a collective: every rank runs as many forwards
-        # as the rank with the most batches; the extra ones (and batches predicting nothing) are discarded.
+        # Sharded parameters are gathered inside every forward, a collective: while any rank still has a batch,
+        # every rank runs a forward (an idle one when it has none left, or for a batch predicting nothing) and
+        # the idle losses are discarded. One flag all-reduce per batch agrees on that; batches stream as before.
         sharded = has_sharded_params(loss_fn)
-        forwards = _most_over_ranks(len(batches), self.device) if sharded else len(batches)
-        for i in range(forwards):
-            inputs = loss_fn.inputs(guard(batches[i]["input_ids"]), batches[i]["attention_mask"],
-                                    self.device) if i < len(batches) else None
+        for batch in self._agreed(self._batches()) if sharded else self._batches():
+            inputs = loss_fn.inputs(guard(batch["input_ids"]), batch["attention_mask"], self.device) \
+                if batch is not None else None
             n = inputs["positions"].numel() if inputs is not None else 0
             if n:
                 sums += torch.stack([loss_fn(**inputs).double() * n, torch.tensor(float(n), device=self.device)])

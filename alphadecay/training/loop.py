@@ -138,8 +138,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                 loss_sum += loss.detach().float()
 
             # 5. Clip; one host sync per update: loss, tokens and the stop flag, agreed by every rank.
-            grad_norm = _clip(params, args.grad_clipping)
-            mean_loss, tokens, stop_votes = _agree(loss_sum / accum, local_tokens, stop.received is not None, rt)
+            grad_norm = clip_gradients(params, args.grad_clipping)
+            mean_loss, tokens, stop_votes = agree_across_ranks(loss_sum / accum, local_tokens, stop.received is not None, rt)
             grad_norm = float(grad_norm)
             if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
                 _non_finite(args.on_nonfinite, state, mean_loss, grad_norm, tokens, optimizer, log)
@@ -219,7 +219,8 @@ def _next_batch(batches, state: TrainState, total: int) -> dict:
                           f"fewer --num_training_steps") from None
 
 
-def _clip(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """The global gradient norm (clipped to ``max_norm`` when it is not 0); a plain tensor under FSDP2 too."""
     if max_norm:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     else:   # the norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1
@@ -227,7 +228,7 @@ def _clip(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     return norm.full_tensor() if is_sharded(norm) else norm    # FSDP2: the norm over every shard
 
 
-def _agree(mean_loss: torch.Tensor, local_tokens: int, stopping: bool, rt) -> tuple[float, float, float]:
+def agree_across_ranks(mean_loss: torch.Tensor, local_tokens: int, stopping: bool, rt) -> tuple[float, float, float]:
     """(loss averaged over ranks, tokens summed over ranks, number of ranks asked to stop)."""
     stats = torch.stack([mean_loss, torch.tensor(float(local_tokens), device=rt.device),
                          torch.tensor(float(stopping), device=rt.device)])
