@@ -1,18 +1,32 @@
 """The package installs with pip and imports the spectral core without the training stack."""
 import os
 import shutil
+import site
 import subprocess
 import sys
 
 from conftest import REPO
 
 
-def test_pip_install_then_import_from_outside_the_repository(tmp_path):
-    venv = tmp_path / "venv"
-    # --system-site-packages: torch (and the rest) come from this environment; the package itself is
-    # installed (not editable) into the venv, whose site-packages come first.
+def _venv_seeing_this_environment(venv) -> str:
+    """A fresh venv that also sees the packages of the interpreter running the tests (torch and the rest).
+
+    ``--system-site-packages`` alone is not enough when the tests run inside a venv: the new venv is based
+    on the base interpreter, whose site-packages lack torch. A .pth file appends this environment's
+    site-packages after the new venv's own, so the package installed there still comes first."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
+    own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    ours = [p for p in dict.fromkeys(site.getsitepackages() + [site.getusersitepackages()]) if os.path.isdir(p)]
+    with open(os.path.join(own, "_outer_environment.pth"), "w") as f:
+        f.write("".join(p + "\n" for p in ours))
+    return py
+
+
+def test_pip_install_then_import_from_outside_the_repository(tmp_path):
+    venv = tmp_path / "venv"
+    py = _venv_seeing_this_environment(venv)
     # Built from a copy: setuptools writes build/ and *.egg-info into the source tree.
     src = tmp_path / "src"
     shutil.copytree(REPO / "alphadecay", src / "alphadecay", ignore=shutil.ignore_patterns("__pycache__"))
