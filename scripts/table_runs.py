@@ -1,7 +1,8 @@
 """Reading training logs for make_tables.py: one ``Run`` per metrics.jsonl, its cell key, the paper's values.
 
 A run's key is (model stem, optimizer, decay, method, unbalancedWD_every); ``paper_value`` looks a cell up in
-the paper's tables.json (``ALPHADECAY_PAPER_TABLES``, default ``../shared/paper/tables.json`` beside the repo).
+the paper's tables (``scripts/paper_tables.json``: the numbers of He et al. 2025, kept in the repository;
+``ALPHADECAY_PAPER_TABLES`` names another copy).
 """
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from pathlib import Path
 
 from alphadecay.metrics import read_metrics
 
-DEFAULT_PAPER = os.environ.get("ALPHADECAY_PAPER_TABLES",
-                               str(Path(__file__).resolve().parents[2] / "shared" / "paper" / "tables.json"))
+DEFAULT_PAPER = os.environ.get("ALPHADECAY_PAPER_TABLES", str(Path(__file__).resolve().parent / "paper_tables.json"))
 OPT_LABEL = {"adam": "Adam", "adamw": "AdamW"}
 METHODS = ["WD=0", "Uniform", "AWD", "AdaDecay", "AlphaDecay"]
 STRATEGY_LABEL = {"none": "WD=0", "uniform": "Uniform", "awd": "AWD", "adadecay": "AdaDecay",

@@ -256,3 +256,31 @@ def test_downstream_tables_average_seeds_and_show_the_paper(tmp_path):
     assert "Top-1 @ wd 1e-6" in r.stdout and "62.00 ± 2.83 (n=2) [paper 67.73]" in _rows(r.stdout)["AlphaDecay"]
     r = subprocess.run([sys.executable, str(MAKE_TABLES), str(tmp_path)], capture_output=True, text=True, env=_env())
     assert r.returncode == 1 and "--table 4" in r.stderr   # the pretraining tables leave them to --table 4 / vit
+
+
+def test_paper_values_come_from_the_repository(tmp_path):
+    """A copy of scripts/ with no shared/ folder anywhere above it prints the paper's numbers (its own
+    paper_tables.json, the numbers of He et al. 2025), for the pretraining tables and Table 3."""
+    import shutil
+    scripts = tmp_path / "repo" / "scripts"
+    shutil.copytree(REPO / "scripts", scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not any((parent / "shared").exists() for parent in scripts.parents)
+    assert "He et al. 2025" in json.loads((scripts / "paper_tables.json").read_text())["_source"]
+    env = {k: v for k, v in _env().items() if k != "ALPHADECAY_PAPER_TABLES"}
+    env["PYTHONPATH"] = str(REPO)          # the package, not the tables
+    root = tmp_path / "runs"
+    for strategy, ppl in (("none", 34.0), ("uniform", 33.0), ("alphadecay", 32.0)):
+        _synthetic(root, f"r-{strategy}", strategy=strategy, wd=0.0 if strategy == "none" else 1e-5, ppl=ppl)
+    out = subprocess.run([sys.executable, str(scripts / "make_tables.py"), str(root), "--table", "2"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    rows = _rows(out.stdout)
+    assert "[paper 33.23]" in rows["WD=0"] and "[paper 32.39]" in rows["Uniform"]   # LLaMa-60M, Adam 1e-5
+    assert "[paper 31.56]" in rows["AlphaDecay"]
+    record = tmp_path / "zs" / "run" / "model_4" / "zero_shot.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"tasks": {"boolq": {"acc": 0.5}}}))
+    out = subprocess.run([sys.executable, str(scripts / "table3_zero_shot" / "table.py"), str(tmp_path / "zs")],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "| paper: AlphaDecay | 20.90 | 48.86 | 68.44 | 34.16 | 19.80 | 50.59 | 60.70 | 43.35 |" in out.stdout

@@ -19,7 +19,7 @@ from alphadecay.metrics import read_metrics  # noqa: E402
 
 COLUMNS = [("arc_challenge", "ARC-c"), ("arc_easy", "ARC-e"), ("piqa", "PIQA"), ("hellaswag", "Hellaswag"),
            ("openbookqa", "OBQA"), ("winogrande", "Winogrande"), ("boolq", "BoolQ")]
-PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "paper", "tables.json")
+PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "paper_tables.json")   # see its "_source"
 LABEL = {"none": "WD=0", "uniform": "Uniform", "awd": "AWD", "adadecay": "AdaDecay", "alphadecay": "AlphaDecay"}
 
 
