@@ -4,8 +4,18 @@ import json
 import pytest
 import torch
 
-from conftest import DATA_DIR
+from conftest import DATA_DIR, REPO
 from trainutil import data_flags, run_main, tiny_run_flags
+
+# Tiny sizes under every model family's own key names; everything else as the file says.
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+        "n_embd": 32, "n_inner": 64, "n_head": 4, "n_layer": 2}
+
+
+def _tiny(path) -> dict:
+    config = json.loads(open(path).read())
+    config.update({k: v for k, v in TINY.items() if k in config})
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +94,24 @@ metric_list:
 """}
 
 
-def test_lm_eval_with_default_arguments_scores_what_the_model_computes(checkpoint, tmp_path):
-    """lm-eval (pinned, offline: local task files) on a checkpoint, default model arguments: each multiple-choice
-    log-likelihood and each rolling log-likelihood equals the one computed by hand from the model."""
+@pytest.fixture(scope="module")
+def gpt2_checkpoint(tmp_path_factory):
+    """A GPT-2 run (learned positions: n_positions must survive the export) with gpt_nano's keys, tiny."""
+    if not (DATA_DIR / "tokenizers" / "t5-base").exists():
+        pytest.skip("T5 tokenizer and C4 sample not found (set ALPHADECAY_DATA_DIR)")
+    save = tmp_path_factory.mktemp("gpt2")
+    config = save / "gpt2_tiny.json"
+    config.write_text(json.dumps(_tiny(REPO / "configs" / "gpt_nano.json")))
+    assert run_main(tiny_run_flags(save / "run", steps=2, model_config=config) + data_flags(DATA_DIR)) == 0
+    return save / "run" / "model_2"
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "gpt2_checkpoint"])
+def test_lm_eval_with_default_arguments_scores_what_the_model_computes(which, request, tmp_path):
+    """lm-eval (pinned, offline: local task files) on a checkpoint (LLaMA, GPT-2), default model arguments: each
+    multiple-choice log-likelihood and each rolling log-likelihood equals the one computed by hand from the model."""
     lm_eval = pytest.importorskip("lm_eval")
+    checkpoint = request.getfixturevalue(which)
     from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,3 +173,33 @@ def test_table3_smoke_pipeline_offline(tmp_path):
     tables = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(tmp_path / "table3_smoke"),
                              "--table", "3"], capture_output=True, text=True, check=True).stdout
     assert all(line in tables.splitlines() for line in ours)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.json")))
+def test_every_config_exports_a_folder_transformers_loads_as_trained(name, t5_dir, tmp_path):
+    """Each config of configs/ at tiny sizes, saved through the checkpointer's real path (weights, tokenizer,
+    clean_for_evaluation): from_pretrained loads it and computes the logits of the model in memory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alphadecay.training.checkpoint import save
+    from alphadecay.training.data import load_tokenizer
+    from alphadecay.training.model import build_model
+
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps(_tiny(REPO / "configs" / f"{name}.json")))
+    model = build_model(str(config), dtype=torch.float32, device=torch.device("cpu"), seed=0).eval()
+    tok = load_tokenizer(str(t5_dir), 64)
+    folder = save(str(tmp_path / "run"), 1, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                  tokenizer=tok, training_state={"data": {}, "update_step": 1}, rank=0, world_size=1)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([tok("Spectra of weights, exported and read back.").input_ids])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    positions = json.loads(open(f"{folder}/config.json").read())
+    if "n_positions" in positions:       # learned positions keep their rows
+        assert loaded.config.n_positions == model.config.n_positions == 1024 and "max_position_embeddings" not in positions
+    else:                                # RoPE: the trained length
+        assert loaded.config.max_position_embeddings == 64
+    tokenizer_config = json.loads(open(f"{folder}/tokenizer_config.json").read())
+    assert tokenizer_config.get("extra_special_tokens", None) != []     # transformers 4.x cannot read []
+    assert AutoTokenizer.from_pretrained(folder)("a b").input_ids == tok("a b").input_ids[:-1]

@@ -10,9 +10,13 @@ changes scores silently:
   containing one would index past it. They are dropped from the saved tokenizer (the model never saw
   them: training maps them to ``<unk>``), rather than growing the embedding the paper's shapes fix.
 - The training-time truncation and fixed padding, ``local_files_only`` and the run's paths are removed.
-- ``model_max_length`` and ``max_position_embeddings`` become the length the model was trained at (RoPE
-  does not depend on the latter); ``bos_token_id`` is unset (T5 has no BOS; 0 is the pad), and
+- ``model_max_length`` becomes the length the model was trained at, and so does ``max_position_embeddings``
+  of a RoPE model (LLaMA: no weight depends on it). A model with learned positions (GPT-2's ``n_positions``,
+  which ``max_position_embeddings`` aliases) keeps its own: its position table has that many rows and a
+  smaller number would not load. ``bos_token_id`` is unset (T5 has no BOS; 0 is the pad), and
   ``use_cache`` is on for generation.
+- An ``extra_special_tokens`` list left empty by dropping the sentinels is removed: transformers 4.x reads
+  that key as a dict and cannot load ``[]``.
 The weights, and the config the loop reads back (``--continue_from`` reads the run's own
 ``--model_config``; ``--eval_only`` this folder's), are unchanged in meaning.
 """
@@ -33,6 +37,11 @@ def _edit_json(path: str, edit) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+def _uses_rope(config: dict) -> bool:
+    # transformers 5 writes rope_parameters, 4.x rope_theta / rope_scaling; learned-position models have none.
+    return any(key in config for key in ("rope_parameters", "rope_theta", "rope_scaling"))
 
 
 def clean_for_evaluation(folder: str, *, vocab_size: int, max_length: int) -> None:
@@ -60,6 +69,8 @@ def clean_for_evaluation(folder: str, *, vocab_size: int, max_length: int) -> No
         for key in ("extra_special_tokens", "additional_special_tokens"):
             if isinstance(c.get(key), list):
                 c[key] = [t for t in c[key] if not str(t).startswith("<extra_id_")]
+        if c.get("extra_special_tokens") == []:
+            del c["extra_special_tokens"]
         decoder = c.get("added_tokens_decoder")
         if isinstance(decoder, dict):
             c["added_tokens_decoder"] = {k: v for k, v in decoder.items() if int(k) < vocab_size}
@@ -71,7 +82,8 @@ def clean_for_evaluation(folder: str, *, vocab_size: int, max_length: int) -> No
                                               .startswith("<extra_id_")]
 
     def model_config(c):
-        c["max_position_embeddings"] = max_length
+        if _uses_rope(c):
+            c["max_position_embeddings"] = max_length
         c["use_cache"] = True
         if c.get("bos_token_id") is not None and c.get("bos_token_id") == c.get("pad_token_id"):
             c["bos_token_id"] = None
