@@ -1,4 +1,6 @@
-"""AlphaDecay: module-wise weight decay from the heavy-tailedness of each module's weight spectrum.
+"""AlphaDecay: module-wise weight decay from the heavy-tailedness of each module's weight spectrum, and LLR:
+module-wise learning rates from the same spectrum (``alphadecay.LLR``, composed with a decay strategy by
+``alphadecay.Combined``).
 
     import alphadecay
     stats = alphadecay.analyze(model)
@@ -14,12 +16,14 @@ _make_torchvision_importable()   # before anything imports transformers or timm 
 
 from .analysis import analyze, module_type, score_modules
 from .assign import assign
+from .combined import Combined, combine
 from .esd import eigenvalues, linear_modules, weight_metrics
+from .llr import LLR
 from .powerlaw import fit_power_law
 from .strategies import (AWD, STRATEGIES, AdaDecay, AlphaDecay, Assignment, DecayStrategy, NoDecay, Uniform,
                          build_strategy)
 
 __all__ = ["analyze", "module_type", "score_modules", "assign", "eigenvalues", "linear_modules", "weight_metrics",
            "fit_power_law", "AWD", "STRATEGIES", "AdaDecay", "AlphaDecay", "Assignment", "DecayStrategy", "NoDecay",
-           "Uniform", "build_strategy"]
+           "Uniform", "build_strategy", "LLR", "Combined", "combine"]
 __version__ = "0.2.0"

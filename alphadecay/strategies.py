@@ -12,6 +12,13 @@ Every strategy:
     strategy's cadence and returns an :class:`Assignment` when it did (else None);
   * ``last`` -> the most recent :class:`Assignment` (per-module alpha and decay);
   * ``state_dict()`` / ``load_state_dict()`` -> plain Python data, safe for ``torch.load(weights_only=True)``.
+
+The same interface serves one per-module hyper-parameter of any kind (``hyperparameter``: the group key it
+writes): a decay strategy here, the LR policy :class:`alphadecay.llr.LLR`. :class:`alphadecay.combined.Combined`
+composes one of each on the finest partition of their groups, from one ESD pass per step; for that each policy
+also says which modules need a group of their own (``grouped_modules``), the values of a group by name
+(``group_values``), which modules it scores (``score_linears``) and whether a step needs the ESD (``needs_esd``),
+and takes ``step(optimizer, step, scores=...)``.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ class Assignment:
     module_alpha: dict[str, float] = field(default_factory=dict)
     module_score: dict[str, float] = field(default_factory=dict)
     metric: str = "alpha"
+    module_lr: dict[str, float] = field(default_factory=dict)   # base LR b_i (before the schedule), with LLR
 
     def type_mean_alpha(self) -> dict[str, float]:
         """Mean alpha per module type (q, k, v, o, gate, up, down), the paper's balance picture."""
@@ -47,6 +55,13 @@ class Assignment:
                 sums.setdefault(t, []).append(a)
         return {t: sum(v) / len(v) for t, v in sums.items()}
 
+    def type_mean_lr(self) -> dict[str, float]:
+        """Mean base LR per module type, embeddings and the output layer (by their names) included."""
+        sums: dict[str, list[float]] = {}
+        for name, lr in self.module_lr.items():
+            sums.setdefault(module_type(name), []).append(lr)
+        return {t: sum(v) / len(v) for t, v in sums.items()}
+
     def to_record(self) -> dict:
         rec = {"step": self.step, "module_weight_decay": self.module_weight_decay,
                "module_alpha": self.module_alpha,
@@ -54,6 +69,9 @@ class Assignment:
         if self.metric not in ("alpha", None):
             rec["esd_metric_for_tb"] = self.metric
             rec["module_score"] = self.module_score
+        if self.module_lr:
+            rec["module_lr"] = self.module_lr
+            rec["type_mean_lr"] = self.type_mean_lr()
         return rec
 
 
@@ -65,9 +83,24 @@ def _find_groups(optimizer: torch.optim.Optimizer) -> dict[str, dict]:
     return groups
 
 
+def module_partition(model: nn.Module, modules) -> list[tuple[str, list[nn.Parameter]]]:
+    """(name, trainable parameters) of each module in ``modules`` and ``"other"`` for the rest; empty ones dropped.
+
+    A parameter shared by two modules (a tied output layer) belongs to the first.
+    """
+    groups, seen = [], set()
+    for name, module in modules:
+        params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(map(id, params))
+        groups.append((name, params))
+    groups.append(("other", [p for p in model.parameters() if p.requires_grad and id(p) not in seen]))
+    return [(n, ps) for n, ps in groups if ps]
+
+
 class DecayStrategy:
     """Base class: one decay for everything, re-analysed only for monitoring (``alpha_every``)."""
     name = "uniform"
+    hyperparameter = "weight_decay"
 
     def __init__(self, model: nn.Module, weight_decay: float, *, update_every: int = 500,
                  alpha_every: int = 0, analysis: dict | None = None, distributed: bool = True):
@@ -92,14 +125,34 @@ class DecayStrategy:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return [{"params": params, "weight_decay": self.weight_decay, "name": "all"}]
 
+    def grouped_modules(self) -> list[tuple[str, nn.Module]]:
+        """The modules that need an optimizer group of their own (none: one decay for all)."""
+        return []
+
+    def group_values(self, name: str) -> dict[str, float]:
+        """This policy's hyper-parameters of the group ``name`` when groups are built."""
+        return {"weight_decay": self.decays.get(name, self.weight_decay)}
+
+    @property
+    def score_linears(self) -> list[tuple[str, nn.Module]]:
+        return self.linears
+
+    @property
+    def score_metric(self) -> str:
+        return "alpha"
+
     # -- per-step ------------------------------------------------------------------------------
     def due(self, step: int) -> bool:
         return self.alpha_every > 0 and step % self.alpha_every == 0
 
-    def step(self, optimizer: torch.optim.Optimizer, step: int) -> Assignment | None:
+    def needs_esd(self, step: int) -> bool:
+        """Whether ``step(optimizer, step)`` would run the ESD (so that a composition can run it once for all)."""
+        return step != self.last_step and self.due(step) and self.score_metric != "gradnorm"
+
+    def step(self, optimizer: torch.optim.Optimizer, step: int, scores: dict | None = None) -> Assignment | None:
         if step == self.last_step or not self.due(step):
             return None
-        return self.reassign(optimizer, step)
+        return self.reassign(optimizer, step, scores)
 
     def reassign(self, optimizer: torch.optim.Optimizer | None, step: int, scores: dict | None = None) -> Assignment:
         scores = scores if scores is not None else self._scores("alpha")
@@ -134,8 +187,10 @@ class DecayStrategy:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("strategy") != self.name:
-            raise ValueError(f"the checkpoint holds the state of strategy {state.get('strategy')!r}, not "
-                             f"{self.name!r}; resume with the same strategy flags (--strategy {state.get('strategy')})")
+            saved = state.get("strategy")
+            hint = f" (--strategy {saved})" if saved in STRATEGIES else ""
+            raise ValueError(f"the checkpoint holds the state of strategy {saved!r}, not {self.name!r}; resume with "
+                             f"the same strategy flags{hint}")
         self.decays = {n: float(v) for n, v in state["decays"].items()}
         self.last_step = None if state["last_step"] < 0 else int(state["last_step"])
 
@@ -187,14 +242,15 @@ class ModuleWise(DecayStrategy):
 
     def param_groups(self) -> list[dict]:
         """One group per linear module plus ``other``, at the current decays (no analysis here)."""
-        groups, seen = [], set()
-        for name, module in self.linears:
-            params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
-            seen.update(map(id, params))
-            groups.append({"params": params, "weight_decay": self.decays[name], "name": name})
-        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in seen]
-        groups.append({"params": rest, "weight_decay": self.weight_decay, "name": "other"})
-        return [g for g in groups if g["params"]]
+        return [{"params": params, **self.group_values(name), "name": name}
+                for name, params in module_partition(self.model, self.linears)]
+
+    def grouped_modules(self) -> list[tuple[str, nn.Module]]:
+        return self.linears
+
+    @property
+    def score_metric(self) -> str:
+        return self.metric
 
     def due(self, step: int) -> bool:
         return step % self.update_every == 0
@@ -291,7 +347,10 @@ class AWD(DecayStrategy):
         groups[0]["weight_decay"] = self.lambda_awd
         return groups
 
-    def step(self, optimizer, step: int):
+    def group_values(self, name: str) -> dict[str, float]:
+        return {"weight_decay": self.lambda_awd}
+
+    def step(self, optimizer, step: int, scores: dict | None = None):
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grads = [p.grad for p in params if p.grad is not None]
         weights = [p for p in params if p.grad is not None]
@@ -308,7 +367,7 @@ class AWD(DecayStrategy):
             group["weight_decay"] = self.lambda_bar
         self.decays = {n: self.lambda_bar for n in self.decays}
         if step != self.last_step and self.due(step):
-            return self.reassign(optimizer, step)
+            return self.reassign(optimizer, step, scores)
         return None
 
     def state_dict(self) -> dict:

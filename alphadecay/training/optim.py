@@ -48,7 +48,12 @@ def lr_lambda(step: int, *, kind: str, total: int, warmup: int, min_ratio: float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def lr_schedule(kind: str, *, total: int, warmup: int, min_ratio: float):
+    """S(t): the multiplier of the peak lr at update t, for the scheduler and for LLR's per-module LRs alike."""
+    return functools.partial(lr_lambda, kind=kind, total=total, warmup=warmup, min_ratio=min_ratio)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, *, total: int, warmup: int,
                     min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    fn = functools.partial(lr_lambda, kind=kind, total=total, warmup=warmup, min_ratio=min_ratio)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(kind, total=total, warmup=warmup,
+                                                                    min_ratio=min_ratio))
