@@ -176,6 +176,22 @@ def case_unknown_config_key(tmp, a):
     return replace(a, "--model_config", cfg), "unknown key(s) num_hidden_layer"
 
 
+def case_no_layers(tmp, a):
+    return replace(a, "--model_config", config_like(tmp, "flat.json", num_hidden_layers=0)), \
+        "num_hidden_layers 0; a model needs at least one layer"
+
+
+def case_gpt2_without_layers(tmp, a):
+    cfg = json.loads((REPO / "configs" / "gpt_nano.json").read_text())
+    cfg.update(n_embd=64, n_head=4, n_layer=0)
+    return replace(a, "--model_config", write(tmp / "g.json", json.dumps(cfg))), "n_layer 0; a model needs"
+
+
+def case_release_length_contradicting_ours(tmp, a):
+    cfg = config_like(tmp, "both.json", max_sequence_length=512)
+    return replace(a, "--model_config", cfg), "max_sequence_length 512 and max_position_embeddings 1024; keep one"
+
+
 def case_non_causal_model(tmp, a):
     cfg = write(tmp / "bert.json", json.dumps({"model_type": "bert", "hidden_size": 64}))
     return replace(a, "--model_config", cfg), "not a causal language model"

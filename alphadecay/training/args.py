@@ -230,16 +230,18 @@ def check_model_config(path: str, max_length: int | None = None):
         raise ConfigError(f"model config {path!r} is not valid JSON ({e}); fix the file") from None
     _require(isinstance(cfg, dict) and "model_type" in cfg, f"model config {path!r} has no 'model_type'; copy one "
                                                             f"from configs/")
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    from .model import config_from_dict, release_keys_read
+    cfg = release_keys_read(cfg, path)   # the release's max_sequence_length and LLaMAForCausalLM
     # Encoders (bert, roberta, ...) have a causal head too, but only as decoders (is_decoder=True).
     encoder = cfg["model_type"] in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not cfg.get("is_decoder")
     _require(cfg["model_type"] in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not encoder,
              f"model config {path!r} has model_type {cfg['model_type']!r}, which is not a causal language model; "
              f"use a causal type such as llama or gpt2")
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = config_from_dict(cfg, path)
     except Exception as e:  # noqa: BLE001 - transformers raises ValueError, its own validation errors, OSError
         raise ConfigError(f"model config {path!r} is rejected by transformers ({one_line(e, 200)}); fix the file") \
             from None
@@ -247,6 +249,10 @@ def check_model_config(path: str, max_length: int | None = None):
     unknown = sorted(set(cfg) - known)
     _require(not unknown, f"model config {path!r} has unknown key(s) {', '.join(unknown)} (a typo?); "
                           f"use the names of configs/llama_60m.json")
+    layers = getattr(config, "num_hidden_layers", None)
+    _require(layers is None or layers >= 1,
+             f"model config {path!r} has {'n_layer' if 'n_layer' in cfg else 'num_hidden_layers'} {layers}; a model "
+             f"needs at least one layer (configs/llama_9m.json has 4)")
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     _require(max_length is None or positions is None or max_length <= positions,
              f"--max_length {max_length} is beyond the model's {positions} positions; lower --max_length or raise "

@@ -71,7 +71,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         dtype = _dtype(args.dtype, rt.device)
         # FSDP2 keeps float32 shards and computes in --dtype (its mixed precision); DDP holds --dtype weights.
         model = build_model(config, dtype=torch.float32 if args.fsdp else dtype, device=rt.device,
-                            seed=args.seed, activation_checkpointing=args.activation_checkpointing)
+                            seed=args.seed, activation_checkpointing=args.activation_checkpointing,
+                            pad_token_id=tokenizer.pad_token_id)   # the release's configs say -1 for it
         guard_vocab = vocab_guard(model, tokenizer)
         evaluator.prepare()
         if args.eval_only:
