@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..errors import ConfigError, one_line
+from .meta_init import DeferredInit, record_init
 
 
 # The release's (and GaLore's) config files were written for transformers 4.28's LLaMA port.
@@ -57,16 +58,30 @@ def _config(config_path: str, pad_token_id: int | None = None):
     return config
 
 
+def _checkpointing(model, enabled: bool) -> None:
+    if enabled:   # transformers 5 renamed it; the old name warns
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
 def build_model(config_path: str, *, dtype: torch.dtype, device: torch.device, seed: int,
                 activation_checkpointing: bool = False, pad_token_id: int | None = None) -> torch.nn.Module:
     """``pad_token_id``: the tokenizer's, for a config that says -1 (the release's)."""
     config = _config(config_path, pad_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    if activation_checkpointing:   # transformers 5 renamed it; the old name warns
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    _checkpointing(model, activation_checkpointing)
     # Pure low-precision weights, as the paper's runs (the optimizer state follows the weights).
     return model.to(device=device, dtype=dtype)
+
+
+def build_model_on_meta(config_path: str, *, dtype: torch.dtype, seed: int, activation_checkpointing: bool = False,
+                        pad_token_id: int | None = None) -> tuple[torch.nn.Module, DeferredInit]:
+    """The model of ``build_model`` without its weights (meta tensors, no memory), for FSDP2: shard it, then
+    ``DeferredInit.materialize`` gives each rank's shard exactly ``build_model``'s rows (see meta_init)."""
+    config = _config(config_path, pad_token_id)
+    model, init = record_init(lambda: AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"), seed)
+    _checkpointing(model, activation_checkpointing)
+    return model.to(dtype=dtype), init
 
 
 def count_params(model: torch.nn.Module) -> dict[str, int]:

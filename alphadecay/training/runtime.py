@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import time
@@ -44,7 +45,8 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return device
 
 
-def setup(requested_device: str = "auto") -> Runtime:
+def setup(requested_device: str = "auto", timeout_minutes: float | None = None) -> Runtime:
+    """``timeout_minutes``: how long a collective waits for the other ranks (None: torch's default, 10 on NCCL)."""
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world = world_size_from_env()
@@ -53,8 +55,9 @@ def setup(requested_device: str = "auto") -> Runtime:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = {} if timeout_minutes is None else {"timeout": datetime.timedelta(minutes=timeout_minutes)}
         dist.init_process_group(backend, rank=rank, world_size=world,
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None, **timeout)
     return Runtime(rank, local_rank, world, device)
 
 
