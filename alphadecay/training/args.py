@@ -12,6 +12,7 @@ from ..assign import ASSIGN_FUNCS
 from ..powerlaw import PL_FITTINGS
 from ..strategies import ESD_METRICS, STRATEGIES
 from ..errors import ConfigError, one_line
+from .lr_flags import add_lr_flags, check_lr_flags
 
 
 def _token_count(text: str) -> int:
@@ -89,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--warmup_steps", type=int, default=2000, help="linear warm-up updates")
     a.add_argument("--scheduler", default="cosine", choices=["linear", "cosine", "cosine_restarts"],
                    help="learning-rate schedule after warm-up")
-    a.add_argument("--min_lr_ratio", type=float, default=0.1, help="final lr as a fraction of --lr")
+    a.add_argument("--min_lr_ratio", type=float, default=0.1,
+                   help="the schedule's final value (its cosine/linear floor) as a fraction of --lr; not LLR's "
+                        "per-module --lr_min_ratio")
     a.add_argument("--grad_clipping", type=float, default=0.0, help="clip the global grad norm (0 = off)")
     a.add_argument("--dtype", default=None, choices=["bfloat16", "bf16", "float32", "fp32"],
                    help="weight dtype; default bfloat16 on a bf16-capable GPU, else float32")
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "come from transformers here")
 
     add_weight_decay_flags(p, weight_decay=1e-5)
+    add_lr_flags(p)
 
     d = p.add_argument_group("data")
     d.add_argument("--dataset_path", default=None,
@@ -208,6 +212,7 @@ def check_weight_decay_flags(args) -> None:
 def _check_numbers(args) -> None:
     check_numbers(args, _NUMBER_RULES)
     check_weight_decay_flags(args)
+    check_lr_flags(args)
     _require(args.warmup_steps <= args.num_training_steps,
              f"--warmup_steps {args.warmup_steps} is beyond --num_training_steps {args.num_training_steps}; "
              f"warm up for fewer updates")

@@ -4,7 +4,8 @@ Each metrics.jsonl line is one JSON object with a "type":
   config  {"config": {...flags...}, "model": {...}}
   train   step, loss, lr, tokens_seen, throughput_tokens, grad_norm, weight_decay, [mfu]
   eval    step, eval_loss, eval_ppl, eval_tokens
-  decay   step, strategy, module_alpha, module_weight_decay, type_mean_alpha (at every assignment)
+  decay   step, strategy, module_alpha, module_weight_decay, type_mean_alpha (at every assignment);
+          with LLR also module_lr (module -> base LR before the schedule), type_mean_lr
   final   step, eval_loss, eval_ppl, eval_tokens (the run finished)
 A resumed run appends to the same file; readers keep the last record of a (type, step).
 """
@@ -114,6 +115,7 @@ class RunLogger:
     def decay(self, a: Assignment, strategy: str) -> None:
         rec = {"type": "decay", "strategy": strategy, **a.to_record()}
         data = {f"alpha/{t}": v for t, v in rec["type_mean_alpha"].items()}
+        data.update({f"lr/{t}": v for t, v in rec.get("type_mean_lr", {}).items()})
         if self.wandb is not None:
             try:
                 import wandb

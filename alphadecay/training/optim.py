@@ -6,11 +6,14 @@ import math
 
 import torch
 
+from ..combined import Combined
+from ..llr import LLR
 from ..strategies import DecayStrategy, build_strategy
 
 
-def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy:
-    """The library strategy that the command-line flags name (the one place flags meet alphadecay)."""
+def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy | Combined:
+    """The library strategy that the command-line flags name (the one place flags meet alphadecay): the decay
+    strategy, composed with LLR's per-module learning rates under ``--lr_strategy llr``."""
     common = {"update_every": args.unbalancedWD_every,
               "analysis": {"pl_fitting": args.pl_fitting, "xmin_pos": args.xmin_pos,
                            "filter_zeros": args.filter_zeros, "farms": args.farms,
@@ -22,7 +25,16 @@ def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy:
                       wd_min_ratio=args.wd_min_ratio, wd_max_ratio=args.wd_max_ratio,
                       positive=args.alpha_positively_with_WD, eigs_thresh=args.eigs_thresh,
                       remove_first_layer=args.remove_first_layer, remove_last_layer=args.remove_last_layer)
-    return build_strategy(args.strategy, model, args.weight_decay, **common)
+    decay = build_strategy(args.strategy, model, args.weight_decay, **common)
+    if getattr(args, "lr_strategy", "uniform") != "llr":
+        return decay
+    llr = LLR(model, args.lr, total_steps=args.num_training_steps,
+              schedule=lr_schedule(args.scheduler, total=args.num_training_steps, warmup=args.warmup_steps,
+                                   min_ratio=args.min_lr_ratio),
+              lr_min_ratio=args.lr_min_ratio, lr_max_ratio=args.lr_max_ratio, update_every=args.unbalancedlr_every,
+              linear_steps=args.linear_steps, llr_ratio=args.LLR_ratio, assign_func=args.lr_assign_func,
+              positive=args.alpha_positively_with_lr, eigs_thresh=args.eigs_thresh, analysis=common["analysis"])
+    return Combined(decay, llr)
 
 
 def build_optimizer(name: str, param_groups: list[dict], *, lr: float, device: torch.device) -> torch.optim.Optimizer:
