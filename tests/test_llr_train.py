@@ -106,3 +106,20 @@ def test_resume_without_the_lr_flags_is_refused(tmp_path, capsys):
     # The loop's flag check (or the strategy's state, whichever speaks first) names what differs.
     assert err.startswith("error: ") and any(w in err for w in ("uniform+llr", "--use_modulewise_lr",
                                                                  "--alpha_positively_with_lr"))
+
+
+def test_two_ranks_ddp_and_fsdp_assign_the_same_lrs(tmp_path):
+    """The release's LLR flags with AlphaDecay under 2-rank DDP and FSDP2 (gloo): the same base LRs and decays."""
+    from trainutil import run_cli
+    flags = {**BOTH, "unbalancedlr_every": 2, "linear_steps": 1, "LLR_ratio": 1.0}
+    runs = {}
+    for kind, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        run_cli(tiny_run_flags(tmp_path / kind, steps=3, lr=LR, **flags) + data_flags(DATA_DIR) + extra, nproc=2)
+        runs[kind] = {r["step"]: r for r in records(tmp_path / kind, "decay")}
+    assert sorted(runs["ddp"]) == sorted(runs["fsdp"]) == [0, 2]
+    for step, ddp in runs["ddp"].items():
+        fsdp = runs["fsdp"][step]
+        for key in ("module_lr", "module_weight_decay"):
+            assert ddp[key].keys() == fsdp[key].keys()
+            assert all(abs(ddp[key][n] - fsdp[key][n]) <= 1e-4 * abs(ddp[key][n]) for n in ddp[key]), (step, key)
+    assert len(set(runs["fsdp"][0]["module_lr"].values())) > 2
