@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .powerlaw import EVALS_THRESH, fit_power_law
+from .powerlaw import EVALS_THRESH, fit_power_law, fit_start, zero_floor
 
 METRICS = ("alpha", "alphahat", "D", "spectral_norm", "fnorm", "stable_rank", "entropy", "num_eigs")
 # Matrices of a shape group are stacked at most this many bytes at a time (bounds peak memory).
@@ -148,11 +148,22 @@ def _entropy(eigs: torch.Tensor) -> torch.Tensor:
 def spectral_metrics(eigs: torch.Tensor, fit_eigs: torch.Tensor | None = None, *, pl_fitting: str = "median",
                      xmin_pos: float = 2, filter_zeros: bool = False, evals_thresh: float = EVALS_THRESH,
                      bins: int = 100) -> dict[str, torch.Tensor]:
-    """All ESD metrics for a (B, N) batch of ascending eigenvalues; ``fit_eigs`` (FARMS) feeds the fit."""
+    """All ESD metrics for a (B, N) batch of ascending eigenvalues; ``fit_eigs`` (FARMS) feeds the fit.
+
+    Degenerate spectra (powerlaw's module doc): eigenvalues at or below N * eps * lambda_max, eps that of the
+    solver's dtype (the dtype of ``eigs`` as given), are zeros. A matrix whose zeros reach the median cutoff
+    (rank-deficient) is fitted on its nonzero eigenvalues and ``num_eigs`` counts those, so that the
+    strategies' ``eigs_thresh`` leaves it at the base decay unless enough remain; a tied tail (an orthogonal
+    matrix) has alpha NaN, "not fittable", also the base decay. Full-rank spectra give what they always gave.
+    """
+    fit_eigs = eigs if fit_eigs is None else fit_eigs
+    eps = torch.finfo(fit_eigs.dtype).eps if fit_eigs.dtype.is_floating_point else 0.0
     eigs = eigs.to(torch.float64)  # the fit sums hundreds of logs; float64 keeps it exact to 1e-12
-    fit_eigs = eigs if fit_eigs is None else fit_eigs.to(torch.float64)
-    alpha, D, _ = fit_power_law(fit_eigs, pl_fitting=pl_fitting, xmin_pos=xmin_pos, filter_zeros=filter_zeros,
-                                evals_thresh=evals_thresh, bins=bins)
+    fit_eigs = fit_eigs.to(torch.float64)
+    options = dict(filter_zeros=filter_zeros, evals_thresh=evals_thresh, xmin_pos=xmin_pos, eps=eps)
+    alpha, D, _ = fit_power_law(fit_eigs, pl_fitting=pl_fitting, bins=bins, **options)
+    _, deficient = fit_start(fit_eigs, **options)
+    nonzero = (eigs > zero_floor(eigs, eps)).sum(1).to(eigs.dtype)
     spectral_norm = eigs[:, -1]
     fnorm = eigs.sum(1)
     nan = torch.full_like(fnorm, math.nan)
@@ -166,7 +177,7 @@ def spectral_metrics(eigs: torch.Tensor, fit_eigs: torch.Tensor | None = None, *
         "fnorm": fnorm,
         "stable_rank": torch.where(spectral_norm > 0, fnorm / spectral_norm, nan),
         "entropy": _entropy(eigs),
-        "num_eigs": torch.full_like(fnorm, eigs.shape[1]),
+        "num_eigs": torch.where(deficient, nonzero, torch.full_like(fnorm, eigs.shape[1])),
     }
 
 

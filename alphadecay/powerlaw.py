@@ -12,6 +12,18 @@ eigenvalues, n = N - i and
     D     = max_{j >= i} | 1 - (lambda_j / lambda_i)^(1 - alpha) - (j - i) / n |
 
 A fit that is undefined (xmin <= 0, non-finite input, fewer than two tail eigenvalues) gives NaN.
+
+Degenerate spectra (``eps``, the relative precision of the solver that produced the eigenvalues; with 0 only
+exact zeros are zeros and only exactly equal tails are tied):
+- Eigenvalues at or below ``N * eps * lambda_max`` are zero: a Gram matrix's eigensolver is only that exact,
+  so they are the round-off of a null space, not a spectrum. Where they reach the median cutoff (a
+  rank-deficient matrix, e.g. rank N/4, whose "tail" would start in its null space), the fit uses the nonzero
+  eigenvalues only (esd's ``num_eigs`` then counts those, for the strategies' ``eigs_thresh``).
+  Zeros below the cutoff (a square matrix's few smallest eigenvalues often are) change nothing: the Hill
+  estimate reads only the tail.
+- A tail whose eigenvalues are all equal within that floor (an orthogonal matrix: alpha ~1.7e6 from
+  round-off) is tied: NaN, so that one such module cannot collapse the min-max map of the others.
+The release has neither rule; a NaN alpha is "not fittable" and the strategies give that module its base decay.
 """
 from __future__ import annotations
 
@@ -34,6 +46,27 @@ def usable_start(eigs: torch.Tensor, filter_zeros: bool, evals_thresh: float = E
         return torch.zeros(B, dtype=torch.long, device=eigs.device)
     n_small = (eigs <= evals_thresh).sum(dim=1)
     return torch.where(n_small >= N, torch.zeros_like(n_small), n_small)
+
+
+def zero_floor(eigs: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, 1): per row, the value at or below which an eigenvalue counts as zero, ``N * eps * lambda_max``."""
+    return eigs.shape[1] * eps * eigs[:, -1:].clamp_min(0)
+
+
+def _median_index(start: torch.Tensor, N: int, xmin_pos: float) -> torch.Tensor:
+    # floor(N / xmin_pos) on the usable part, as the release's int(len(nz_eigs) / xmin_pos).
+    n_usable = N - start
+    return (start + torch.floor(n_usable.to(torch.float64) / xmin_pos).to(torch.long)).clamp(max=N - 1)
+
+
+def fit_start(eigs: torch.Tensor, *, filter_zeros: bool = False, evals_thresh: float = EVALS_THRESH,
+              xmin_pos: float = 2, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, rank_deficient) per row: the first eigenvalue the fit uses (``usable_start``, moved past the
+    zeros of a row whose zeros reach the median cutoff, see the module doc) and whether it was moved."""
+    start = usable_start(eigs, filter_zeros, evals_thresh)
+    zeros = (eigs <= zero_floor(eigs, eps)).sum(dim=1)
+    deficient = zeros > _median_index(start, eigs.shape[1], xmin_pos)
+    return torch.where(deficient, zeros, start), deficient
 
 
 def _suffix_log_sums(log_eigs: torch.Tensor) -> torch.Tensor:
@@ -71,10 +104,7 @@ def ks_distance(eigs: torch.Tensor, xmin_idx: torch.Tensor, alpha: torch.Tensor)
 
 
 def _fit_median(eigs, start, xmin_pos):
-    n_usable = eigs.shape[1] - start
-    # floor(N / xmin_pos) on the usable part, as the release's int(len(nz_eigs) / xmin_pos).
-    xmin_idx = start + torch.floor(n_usable.to(torch.float64) / xmin_pos).to(torch.long)
-    xmin_idx = xmin_idx.clamp(max=eigs.shape[1] - 1)
+    xmin_idx = _median_index(start, eigs.shape[1], xmin_pos)
     alpha = hill_alpha(eigs, xmin_idx)
     return alpha, xmin_idx
 
@@ -101,8 +131,9 @@ def _all_candidates(row: torch.Tensor, chunk: int = 512):
     return alpha, D
 
 
-def _fit_by_min_distance(eigs, start, window=None):
-    """Cutoff with the smallest KS distance among candidates (optionally inside a window)."""
+def _fit_by_min_distance(eigs, start, window=None, floor=None):
+    """Cutoff with the smallest KS distance among candidates (optionally inside a window); ``floor`` (B, 1):
+    no candidate is a zero or has a tied tail."""
     B, N = eigs.shape
     alphas = torch.full((B,), math.nan, dtype=eigs.dtype, device=eigs.device)
     xmin_idx = torch.zeros(B, dtype=torch.long, device=eigs.device)
@@ -111,6 +142,8 @@ def _fit_by_min_distance(eigs, start, window=None):
         alpha, D = _all_candidates(eigs[b])
         # Candidates as in the release: every usable eigenvalue but the largest, with alpha > 1.
         ok = (i >= start[b]) & (i < N - 1) & (eigs[b] > 0) & torch.isfinite(alpha) & (alpha > 1)
+        if floor is not None:
+            ok &= (eigs[b] > floor[b]) & (eigs[b, -1] - eigs[b] > floor[b])
         if window is not None:
             lo, hi = window
             ok &= (eigs[b] >= lo[b]) & (eigs[b] <= hi[b])
@@ -142,25 +175,31 @@ def _peak_window(eigs, start, bins):
 
 
 def fit_power_law(eigs: torch.Tensor, *, pl_fitting: str = "median", xmin_pos: float = 2,
-                  filter_zeros: bool = False, evals_thresh: float = EVALS_THRESH, bins: int = 100):
+                  filter_zeros: bool = False, evals_thresh: float = EVALS_THRESH, bins: int = 100,
+                  eps: float = 0.0):
     """Fit every row; returns (alpha, D, xmin) tensors of shape (B,).
 
+    ``eps``: the relative precision of the solver that computed ``eigs`` (``torch.finfo(dtype).eps``;
+    esd passes it), for the zero floor and the tie guard of the module doc; 0 disables both.
     ``fix-finger`` falls back to the median fit for a row whose window holds no valid candidate
     (the release would return alpha = 0 there).
     """
     if pl_fitting not in PL_FITTINGS:
         raise ValueError(f"unknown pl_fitting {pl_fitting!r}; choose one of {', '.join(PL_FITTINGS)}")
-    start = usable_start(eigs, filter_zeros, evals_thresh)
+    start, _ = fit_start(eigs, filter_zeros=filter_zeros, evals_thresh=evals_thresh, xmin_pos=xmin_pos, eps=eps)
+    floor = zero_floor(eigs, eps)
     if pl_fitting == "median":
         alpha, xmin_idx = _fit_median(eigs, start, xmin_pos)
     elif pl_fitting == "goodness-of-fit":
-        alpha, xmin_idx = _fit_by_min_distance(eigs, start)
+        alpha, xmin_idx = _fit_by_min_distance(eigs, start, floor=floor)
     else:
-        alpha, xmin_idx = _fit_by_min_distance(eigs, start, window=_peak_window(eigs, start, bins))
+        alpha, xmin_idx = _fit_by_min_distance(eigs, start, window=_peak_window(eigs, start, bins), floor=floor)
         fallback_alpha, fallback_idx = _fit_median(eigs, start, xmin_pos)
         missing = torch.isnan(alpha)
         alpha = torch.where(missing, fallback_alpha, alpha)
         xmin_idx = torch.where(missing, fallback_idx, xmin_idx)
-    D = ks_distance(eigs, xmin_idx, alpha)
     xmin = eigs.gather(1, xmin_idx.unsqueeze(1)).squeeze(1)
+    tied = eigs[:, -1] - xmin <= floor.squeeze(1)
+    alpha = torch.where(tied, torch.full_like(alpha, math.nan), alpha)
+    D = ks_distance(eigs, xmin_idx, alpha)
     return alpha, D, xmin

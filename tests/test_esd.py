@@ -140,11 +140,107 @@ def test_zero_nan_inf_and_bf16_weights_do_not_crash():
 
 def test_filter_zeros_drops_null_space():
     # float64: in float32 the Gram matrix puts null-space eigenvalues at ~eps * lambda_max, which can
-    # exceed EVALS_THRESH; exactly rank-deficient matrices want dtype=float64 (README).
+    # exceed EVALS_THRESH (filter_zeros' absolute threshold).
     torch.manual_seed(0)
     low_rank = torch.randn(100, 20) @ torch.randn(20, 100)   # 80 zero eigenvalues
-    plain = weight_metrics([low_rank], dtype=torch.float64)[0, 0].item()
     filtered = weight_metrics([low_rank], filter_zeros=True, dtype=torch.float64)[0, 0].item()
     ref = reference_metrics(torch.linalg.svd(low_rank).S[:20].diag())["alpha"]
     assert math.isclose(filtered, ref, rel_tol=1e-3)
-    assert not math.isclose(plain, ref, rel_tol=1e-2)
+    # Without filter_zeros the release fits its median cutoff inside the null space; here the relative zero
+    # floor sees the rank deficiency in either dtype and fits the 20 nonzero eigenvalues (num_eigs 20).
+    for dtype in (torch.float64, torch.float32):
+        row = weight_metrics([low_rank], dtype=dtype)[0]
+        assert math.isclose(row[0].item(), ref, rel_tol=1e-3) and row[METRICS.index("num_eigs")] == 20
+
+
+# -- degenerate spectra: zeros below a relative floor, tied tails ---------------------------------
+
+def _old_median_alpha(eigs32: torch.Tensor) -> torch.Tensor:
+    """The median fit as the code computed it before the zero floor and the tie guard, op for op."""
+    e = eigs32.to(torch.float64)
+    N = e.shape[1]
+    i = N // 2
+    log = torch.log(e)
+    suffix = log.flip(1).cumsum(1).flip(1)
+    return 1 + (N - i) / (suffix[:, i] - (N - i) * log[:, i])
+
+
+def _trained_llama():
+    model = tiny_llama(layers=2, seed=4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)    # a few large steps move every weight well off its init
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        ids = torch.randint(0, 500, (2, 16), generator=g)
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+def test_ordinary_llama_matrices_give_what_they_gave():
+    """Initial and trained LLaMA weights (square ones included, whose few smallest eigenvalues fall under the
+    floor): alpha bit for bit the old median fit, num_eigs N, and the other fits as with the rules off."""
+    from alphadecay.esd import linear_modules
+    from alphadecay.powerlaw import zero_floor
+    for model in (tiny_llama(layers=2, seed=3), _trained_llama()):
+        weights = [m.weight.detach() for _, m in linear_modules(model)]
+        rows = weight_metrics(weights)
+        below = 0
+        for row, w in zip(rows, weights):
+            eigs = eigenvalues([w])[0][None]
+            zeros = int((eigs <= zero_floor(eigs, torch.finfo(torch.float32).eps)).sum())
+            below += zeros
+            assert row[METRICS.index("alpha")].item() == _old_median_alpha(eigs).item()
+            assert row[METRICS.index("num_eigs")] == min(w.shape)
+            for fitting in ("goodness-of-fit", "fix-finger") if zeros else ():   # where a change could show
+                new = fit_power_law(eigs.double(), pl_fitting=fitting, eps=torch.finfo(torch.float32).eps)
+                old = fit_power_law(eigs.double(), pl_fitting=fitting)          # eps=0: the old rules
+                assert all(torch.equal(a, b) for a, b in zip(new, old)), fitting
+        assert below > 0          # the floor was crossed, below the cutoff, and changed nothing
+
+
+def _with_weight(model, name, weight):
+    with torch.no_grad():
+        dict(model.named_modules())[name].weight.copy_(weight)
+
+
+def test_rank_deficient_matrix_is_not_fittable_unless_enough_eigenvalues_remain():
+    torch.manual_seed(0)
+    low = torch.randn(64, 16) @ torch.randn(16, 64) * 0.02           # rank 16 = n/4, in float32
+    assert _old_median_alpha(eigenvalues([low])[0][None]).item() < 1.2  # before: a null-space "tail"
+    row = weight_metrics([low])[0]
+    assert row[METRICS.index("num_eigs")] == 16
+    ref = reference_metrics(torch.linalg.svd(low.double()).S[:16].diag())["alpha"]
+    assert math.isclose(row[0].item(), ref, rel_tol=1e-3)              # fitted on its nonzero eigenvalues
+
+    model = tiny_llama(layers=2, seed=1)
+    name = "model.layers.0.self_attn.o_proj"
+    _with_weight(model, name, low)
+    base = 1e-5
+    s = alphadecay.AlphaDecay(model, base, distributed=False)
+    s.initial_assignment()
+    assert s.decays[name] == base                                     # 16 < eigs_thresh 50: the base decay
+    others = [v for n, v in s.decays.items() if v != base]
+    assert math.isclose(min(others), 0.6666 * base) and math.isclose(max(others), 3.0 * base)
+    few = alphadecay.AlphaDecay(model, base, distributed=False, eigs_thresh=16)
+    few.initial_assignment()
+    assert few.decays[name] != base                                   # enough remain: balanced like the rest
+
+
+def test_tied_spectrum_is_not_fittable_and_cannot_collapse_the_map():
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(64, 64))                       # orthogonal: every eigenvalue 1
+    assert _old_median_alpha(eigenvalues([q])[0][None]).item() > 1e5  # before: alpha ~1.7e6 from round-off
+    assert math.isnan(weight_metrics([q])[0, 0].item())
+    for fitting in ("goodness-of-fit", "fix-finger"):
+        assert math.isnan(weight_metrics([q], pl_fitting=fitting)[0, 0].item())
+    model = tiny_llama(layers=2, seed=1)
+    name = "model.layers.0.self_attn.o_proj"
+    _with_weight(model, name, q)
+    base = 1e-5
+    s = alphadecay.AlphaDecay(model, base, distributed=False)
+    s.initial_assignment()
+    assert s.decays[name] == base                                     # not fittable: the base decay
+    others = sorted(v for n, v in s.decays.items() if v != base)
+    assert math.isclose(others[0], 0.6666 * base) and math.isclose(others[-1], 3.0 * base)
+    assert len({round(v / base, 6) for v in others}) > len(others) // 2   # spread, not collapsed to one end

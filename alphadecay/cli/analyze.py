@@ -230,7 +230,7 @@ def write_plots(model, report: dict, args, out_dir: str) -> list[str]:
         # Plot the spectrum the fit saw: with FARMS that is the pooled square-window spectrum.
         eigs = (farms_eigenvalues if opts["farms"] else eigenvalues)([weight], opts["dtype"])[0].double()
         alpha, _, xmin = fit_power_law(eigs[None], pl_fitting=opts["pl_fitting"], xmin_pos=opts["xmin_pos"],
-                                       filter_zeros=opts["filter_zeros"])
+                                       filter_zeros=opts["filter_zeros"], eps=torch.finfo(opts["dtype"]).eps)
         row = report["modules"][name]
         shape = "x".join(map(str, row["shape"]))
         title = f"{name}  ({shape}{', FARMS' if opts['farms'] else ''})\nwd = {row['weight_decay']:.3e}"
