@@ -61,7 +61,16 @@ def summary(assignment) -> dict[str, float]:
         if t in MODULE_TYPES and math.isfinite(wd):
             decays[t].append(wd)
     out.update({f"alphadecay/wd_{t}": sum(v) / len(v) for t, v in decays.items()})
+    out.update({f"alphadecay/lr_{t}": v for t, v in assignment.type_mean_lr().items()})
     return out
+
+
+def lr_policy(policy):
+    """The LR policy inside ``policy`` (LLR alone, or the one of a Combined), or None."""
+    if getattr(policy, "hyperparameter", None) == "lr":
+        return policy
+    find = getattr(policy, "policy", None)
+    return find("lr") if callable(find) else None
 
 
 class AlphaDecayCallback(TrainerCallback):
@@ -72,8 +81,12 @@ class AlphaDecayCallback(TrainerCallback):
     ``optimizer.step()``, with ``state.global_step`` = updates already applied, which is exactly the
     ``step`` the policy expects. Gradient accumulation is therefore handled by Trainer.
 
+    With an LR policy (``alphadecay.LLR``, alone or in a ``Combined``) built without ``schedule``, the callback
+    gives it the multiplier of the scheduler Trainer creates (``LLR.follow``); Trainer's logged ``learning_rate``
+    is then its first group's (an embedding's).
+
     Each assignment is kept in ``self.assignments`` and its per-type means are added to the next
-    training log (``alphadecay/alpha_<type>``, ``alphadecay/wd_<type>``), also in
+    training log (``alphadecay/alpha_<type>``, ``alphadecay/wd_<type>``, with LLR ``alphadecay/lr_<type>``), also in
     ``state.log_history``. Reporting integrations (wandb, tensorboard) run their ``on_log`` before
     user callbacks and do not see these keys unless the callback is moved first:
     ``trainer.callback_handler.callbacks.insert(0, trainer.pop_callback(AlphaDecayCallback))``.
@@ -103,11 +116,14 @@ class AlphaDecayCallback(TrainerCallback):
             with open(os.path.join(folder, STRATEGY_FILE), "w") as f:
                 json.dump(self.policy.state_dict(), f)
 
-    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         saved = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STRATEGY_FILE)
         if state.global_step > 0 and os.path.isfile(saved):   # resumed from that checkpoint
             with open(saved) as f:
                 self.policy.load_state_dict(json.load(f))
+        lr = lr_policy(self.policy)
+        if lr is not None and lr.schedule is None and lr_scheduler is not None:
+            lr.follow(lr_scheduler)   # LLR writes b_i * S(t) itself; S is the schedule Trainer built
         if optimizer is None:
             return
         names = {g.get("name") for g in optimizer.param_groups}

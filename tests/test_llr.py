@@ -250,3 +250,34 @@ def test_bad_options_raise():
             LLR(model, LR, total_steps=10, **kw)
     with pytest.raises(ValueError, match="different hyper-parameter"):
         Combined(Uniform(model, 0.1), AlphaDecay(model, 0.1))
+
+
+def test_trainer_callback_runs_llr_with_alphadecay_on_trainers_schedule(tmp_path):
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
+    from transformers import Trainer, TrainingArguments
+    from alphadecay.integrations import AlphaDecayCallback, create_optimizer
+
+    model = tiny_llama(layers=2, hidden=64, vocab=500)
+    ids = torch.randint(0, 500, (24, 32), generator=torch.Generator().manual_seed(0))
+    data = [{"input_ids": x, "labels": x.clone()} for x in ids]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=LR,
+                             warmup_steps=2, logging_steps=3, save_strategy="no", report_to="none", use_cpu=True,
+                             disable_tqdm=True)
+    llr = LLR(model, LR, total_steps=6, update_every=3, linear_steps=0, llr_ratio=1.0)
+    policy = Combined(AlphaDecay(model, weight_decay=0.1, update_every=2), llr)
+    optimizer = create_optimizer(policy, args)
+    seen = []
+    optimizer.register_step_pre_hook(lambda o, a, k: seen.append({g["name"]: g["lr"] for g in o.param_groups}))
+    callback = AlphaDecayCallback(policy)
+    trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None), callbacks=[callback])
+    trainer.train()
+    assert [a.step for a in callback.assignments] == [0, 2, 3, 4]
+    S = trainer.lr_scheduler.lr_lambdas[0]
+    assert llr.schedule is S and S(0) < S(2)                            # Trainer's warm-up, read by LLR
+    bases = {a.step: a.module_lr for a in callback.assignments}
+    assert len(seen) == 6
+    for t, lrs in enumerate(seen):
+        b = bases[0] if t < 3 else bases[3]
+        assert lrs == {**{n: b[n] * S(t) for n in b}, "other": LR * S(t)}, t
+    logged = [h for h in trainer.state.log_history if "alphadecay/lr_q" in h]
+    assert logged and logged[-1]["alphadecay/lr_lm_head"] == 5 * LR
