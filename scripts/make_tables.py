@@ -312,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--digits", type=int, default=2, help="decimals of the perplexities")
     p.add_argument("--main-every", type=int, default=500,
                    help="unbalancedWD_every of the AlphaDecay row in Tables 2/12/5 (the paper's 500)")
+    p.add_argument("--glue_epoch", default="best", choices=["best", "last"],
+                   help="Table 4: each run's best dev epoch (as the paper and fairseq report) or its last")
     args = p.parse_args(argv)
     if args.table == "3":
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "table3_zero_shot"))
@@ -319,7 +321,7 @@ def main(argv=None) -> int:
         return zero_shot.main(args.folders + ["--paper", args.paper])
     if args.table in ("4", "vit"):
         import downstream_tables
-        return downstream_tables.main(args.folders, args.table, args.paper)
+        return downstream_tables.main(args.folders, args.table, args.paper, glue_epoch=args.glue_epoch)
 
     missing = [f for f in args.folders if not os.path.exists(f)]
     if missing:

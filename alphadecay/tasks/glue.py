@@ -10,7 +10,12 @@ fairseq README): AdamW betas (0.9, 0.98), eps 1e-6, weight decay 0.1, 10 epochs,
 warm-up, no clipping, and per task lr 1e-5 (2e-5 for RTE, STS-B) and batch 32 (16 for RTE, MRPC, CoLA,
 STS-B). Every one is a flag. The score of a task is its standard metric (x100): CoLA Matthews correlation,
 STS-B Pearson, MNLI matched accuracy, the others accuracy; F1 (MRPC, QQP), Spearman (STS-B) and MNLI
-mismatched accuracy are logged beside it.
+mismatched accuracy are logged beside it. The dev sets are scored after every epoch; the final record holds the
+best epoch (by the task's metric, what fairseq reports and Table 4 shows) and the last one.
+
+One process per GPU, as fairseq: on several visible GPUs run it under torchrun (Trainer then runs DDP) or give
+it one GPU with CUDA_VISIBLE_DEVICES; --batch_size is the recipe's batch per update, split over the ranks and
+--gradient_accumulation.
 """
 from __future__ import annotations
 
@@ -123,6 +128,73 @@ def task_score(task: str, metrics: dict[str, float]) -> float:
     return 100 * metrics[TASKS[task].metric]
 
 
+def per_device_batch(batch_size: int, accumulation: int, *, cuda: bool) -> int:
+    """The per-device batch that makes ``batch_size`` sequences per update over the ranks and micro-steps.
+
+    Refuses several visible GPUs in a process not started by torchrun: Trainer would then wrap the model in
+    nn.DataParallel over all of them (its n_gpu > 1 path), a batch split fairseq's recipe never used.
+    """
+    import torch
+    launched = "LOCAL_RANK" in os.environ   # what Trainer (accelerate) reads to choose DDP
+    visible = torch.cuda.device_count() if cuda else 0
+    if visible > 1 and not launched:
+        raise ConfigError(f"{visible} GPUs are visible to one process (Trainer would use nn.DataParallel); run one "
+                          f"process per GPU: torchrun --nproc_per_node={visible} -m alphadecay.tasks.glue ..., or "
+                          f"CUDA_VISIBLE_DEVICES=0 for one GPU")
+    world = int(os.environ.get("WORLD_SIZE", "1")) if launched else 1
+    if batch_size % (world * accumulation):
+        raise ConfigError(f"--batch_size {batch_size} (sequences per update) is not divisible by {world} rank(s) x "
+                          f"--gradient_accumulation {accumulation}; pass a batch size or accumulation that divides")
+    return batch_size // (world * accumulation)
+
+
+def usable_positions(model) -> int | None:
+    """Tokens the model's learned position table can take: RoBERTa-style tables (with a padding index) number
+    positions from padding_idx + 1, so 514 rows hold 512 tokens; None when the model has no such table."""
+    import torch
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            offset = 0 if module.padding_idx is None else module.padding_idx + 1
+            return module.num_embeddings - offset
+    return None
+
+
+def check_max_length(max_length: int, model) -> int:
+    """``max_length`` (0 = as many as the model takes, at most 512 as RoBERTa's recipe), checked before training."""
+    usable = usable_positions(model)
+    if max_length == 0:
+        return min(512, usable) if usable else 512
+    if usable is not None and max_length > usable:
+        raise ConfigError(f"--max_length {max_length} exceeds the {usable} positions of the model "
+                          f"({model.config.model_type}, max_position_embeddings "
+                          f"{model.config.max_position_embeddings}); pass --max_length {usable} or less")
+    return max_length
+
+
+def dev_evaluations(log_history: list[dict], task: str) -> list[dict]:
+    """One entry per evaluated step from Trainer's log history ({step, epoch, score, metrics...}), MNLI's matched
+    and mismatched logs of a step merged, in step order."""
+    by_step: dict[int, dict] = {}
+    for log in log_history:
+        metrics = {k[len("eval_"):]: v for k, v in log.items() if k.startswith("eval_") and not k.endswith(_TIMINGS)}
+        if metrics:
+            entry = by_step.setdefault(log["step"], {"step": log["step"], "epoch": log.get("epoch")})
+            entry.update(metrics)
+    out = [by_step[s] for s in sorted(by_step)]
+    for entry in out:
+        entry["score"] = task_score(task, entry)
+    return out
+
+
+def best_and_last(evaluations: list[dict]) -> dict:
+    """The best dev evaluation (highest score, the earliest on ties: every GLUE metric grows with quality) and
+    the last."""
+    if not evaluations:
+        raise ValueError("no dev evaluation was logged")
+    best = max(evaluations, key=lambda e: e["score"])   # max keeps the first of equal scores
+    return {"best": best, "last": evaluations[-1]}
+
+
 def run(args) -> dict:
     """Fine-tunes and evaluates one (task, strategy, seed); writes metrics.jsonl in ``args.output_dir``."""
     import torch
@@ -139,7 +211,8 @@ def run(args) -> dict:
     spec = TASKS[args.task]
     rank = int(os.environ.get("RANK", "0"))
     resuming = args.continue_from is not None
-    Checkpointer(args.output_dir, rank=rank, world_size=1).prepare(resuming=resuming, overwrite=args.overwrite)
+    Checkpointer(args.output_dir, rank=rank, world_size=1, flag="--output_dir").prepare(
+        resuming=resuming, overwrite=args.overwrite)
     resume_from = _checkpoint(args.output_dir) if resuming else None
     transformers.set_seed(args.seed)
     try:
@@ -150,16 +223,18 @@ def run(args) -> dict:
     except OSError as e:
         raise ConfigError(f"cannot load --model_name_or_path {args.model_name_or_path!r} ({one_line(e, 150)}); pass "
                           f"a local model folder or connect to the hub once") from None
+    max_length = check_max_length(args.max_length, model)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    per_device = per_device_batch(args.batch_size or spec.batch_size, args.gradient_accumulation, cuda=cuda)
     data = tokenize(load_splits(args.task, args.data_dir, cache_dir=args.cache_dir), args.task, tokenizer,
-                    args.max_length)
+                    max_length)
     if args.max_train_samples:
         data["train"] = data["train"].select(range(min(args.max_train_samples, len(data["train"]))))
 
-    cuda = torch.cuda.is_available() and args.device != "cpu"
     bf16 = cuda and torch.cuda.is_bf16_supported() and args.dtype != "float32"
     training_args = TrainingArguments(
         output_dir=args.output_dir, seed=args.seed, learning_rate=args.lr or spec.lr,
-        per_device_train_batch_size=args.batch_size or spec.batch_size,
+        per_device_train_batch_size=per_device, gradient_accumulation_steps=args.gradient_accumulation,
         per_device_eval_batch_size=args.eval_batch_size, num_train_epochs=args.epochs,
         max_steps=args.max_steps or -1, warmup_steps=args.warmup_ratio, lr_scheduler_type="linear",
         adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, max_grad_norm=args.grad_clipping,
@@ -180,17 +255,19 @@ def run(args) -> dict:
                           callbacks=[AlphaDecayCallback(strategy, on_assignment=lambda a: log.decay(a, args.strategy)),
                                      RunLoggerCallback(log)])
         trainer.train(resume_from_checkpoint=resume_from)
-        final = {}
-        for name, ds in eval_sets.items():
-            prefix = "eval" if len(eval_sets) == 1 else f"eval_{name}"
-            metrics = trainer.evaluate(ds, metric_key_prefix=prefix)
-            final.update({k[len("eval_"):]: v for k, v in metrics.items() if k.startswith(prefix + "_")
-                          and not k.endswith(_TIMINGS)})
-        result = {"task": args.task, "score": task_score(args.task, final), **final}
+        evaluations = dev_evaluations(trainer.state.log_history, args.task)
+        if not evaluations or evaluations[-1]["step"] != trainer.state.global_step:   # --max_steps: no epoch ends
+            for name, ds in eval_sets.items():
+                trainer.evaluate(ds, metric_key_prefix="eval" if len(eval_sets) == 1 else f"eval_{name}")
+            evaluations = dev_evaluations(trainer.state.log_history, args.task)
+        chosen = best_and_last(evaluations)
+        # "score" is the best epoch's, as fairseq reports it and Table 4 shows it (make_tables --glue_epoch last).
+        result = {"task": args.task, "metric": spec.metric, "score": chosen["best"]["score"], **chosen}
         log.write({"type": "final", "step": trainer.state.global_step, **result})
     if rank == 0:
-        print(f"{args.task} {args.strategy} seed {args.seed}: score {result['score']:.2f} "
-              f"({TASKS[args.task].metric})", file=sys.stderr)
+        best, last = chosen["best"], chosen["last"]
+        print(f"{args.task} {args.strategy} seed {args.seed}: best {best['score']:.2f} (epoch {best['epoch']}), last "
+              f"{last['score']:.2f} ({spec.metric})", file=sys.stderr)
     return result
 
 
@@ -223,13 +300,16 @@ def build_parser():
                    "--output_dir (written with --save_each_epoch)")
     o = p.add_argument_group("fine-tuning (RoBERTa's GLUE recipe)")
     o.add_argument("--lr", type=float, default=None, help="peak lr (default per task: 1e-5, RTE/STS-B 2e-5)")
-    o.add_argument("--batch_size", type=int, default=None, help="sequences per update (default per task: 32, "
-                   "RTE/MRPC/CoLA/STS-B 16)")
+    o.add_argument("--batch_size", type=int, default=None, help="sequences per update over all ranks and "
+                   "micro-steps (default per task: 32, RTE/MRPC/CoLA/STS-B 16)")
+    o.add_argument("--gradient_accumulation", type=int, default=1, help="micro-steps per update (the per-device "
+                   "batch is --batch_size / (ranks x this))")
     o.add_argument("--eval_batch_size", type=int, default=64, help="sequences per evaluation batch")
     o.add_argument("--epochs", type=float, default=10, help="training epochs")
     o.add_argument("--max_steps", type=int, default=0, help="stop after N updates instead (0 = use --epochs)")
     o.add_argument("--warmup_ratio", type=float, default=0.06, help="warm-up as a fraction of the updates")
-    o.add_argument("--max_length", type=int, default=512, help="tokens per example (longer pairs are truncated)")
+    o.add_argument("--max_length", type=int, default=0, help="tokens per example, longer pairs truncated (0 = "
+                   "the model's positions, at most 512: roberta-base's 514-row table holds 512)")
     o.add_argument("--max_train_samples", type=int, default=0, help="use only the first N training rows (0 = all)")
     o.add_argument("--grad_clipping", type=float, default=0.0, help="max grad norm (0 = off, as RoBERTa)")
     o.add_argument("--seed", type=int, default=1, help="classifier-head init and data order")
@@ -251,7 +331,8 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     check_numbers(args, [("eval_batch_size", lambda v: v > 0, "positive"), ("epochs", lambda v: v > 0, "positive"),
                          ("max_steps", lambda v: v >= 0, ">= 0"), ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
-                         ("max_length", lambda v: v > 1, "at least 2"), ("log_every", lambda v: v >= 1, ">= 1"),
+                         ("max_length", lambda v: v == 0 or v > 1, "0 or at least 2"),
+                         ("gradient_accumulation", lambda v: v > 0, "positive"), ("log_every", lambda v: v >= 1, ">= 1"),
                          ("lr", lambda v: v is None or v > 0, "positive"), ("workers", lambda v: v >= 0, ">= 0"),
                          ("batch_size", lambda v: v is None or v > 0, "positive"),
                          ("grad_clipping", lambda v: v >= 0, ">= 0"), ("max_train_samples", lambda v: v >= 0, ">= 0")])

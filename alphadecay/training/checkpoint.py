@@ -263,8 +263,9 @@ class Checkpointer:
     """
 
     def __init__(self, save_dir: str, *, rank: int, world_size: int, keep_last: int = 0, tokenizer=None,
-                 write_model=save_hf_model):
-        self.save_dir, self.rank, self.world_size = save_dir, rank, world_size
+                 write_model=save_hf_model, flag: str = "--save_dir"):
+        """``flag``: the command's name for the run folder, for its error messages (GLUE's is --output_dir)."""
+        self.save_dir, self.rank, self.world_size, self.flag = save_dir, rank, world_size, flag
         self.keep_last, self.tokenizer, self.write_model = keep_last, tokenizer, write_model
 
     def prepare(self, *, resuming: bool, overwrite: bool) -> None:
@@ -275,15 +276,15 @@ class Checkpointer:
         """
         if _has_run(self.save_dir) and not resuming:
             if not overwrite:
-                raise ConfigError(f"--save_dir {self.save_dir!r} already holds a run (checkpoints or logged updates); "
+                raise ConfigError(f"{self.flag} {self.save_dir!r} already holds a run (checkpoints or logged updates); "
                                   f"continue it with --continue_from latest, pass --overwrite to move it aside, or "
-                                  f"choose another --save_dir")
+                                  f"choose another {self.flag}")
             if self.rank == 0:
                 aside = f"{self.save_dir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
                 os.replace(self.save_dir, aside)
                 print(f"--overwrite: the previous run in {self.save_dir} was moved to {aside}", flush=True)
         if self.rank == 0:   # nothing is created: a start that fails later leaves no empty folder behind
-            require_writable_folder(self.save_dir, "--save_dir")
+            require_writable_folder(self.save_dir, self.flag)
 
     def resolve(self, continue_from: str | None) -> str | None:
         return resolve(continue_from, self.save_dir)

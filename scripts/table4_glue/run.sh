@@ -2,14 +2,15 @@
 # Table 4 of the paper: roberta-base fine-tuned on eight GLUE tasks with WD=0, Uniform, AWD, AdaDecay and
 # AlphaDecay (python -m alphadecay.tasks.glue, transformers' Trainer with the AlphaDecay plug-in), then the table.
 #
-#   bash scripts/table4_glue/run.sh                            # 8 tasks x 5 methods x 3 seeds, one lane
+#   bash scripts/table4_glue/run.sh                            # 8 tasks x 5 methods x 3 seeds, a lane per visible GPU
 #   GPUS=0,1,2,3 bash scripts/table4_glue/run.sh               # one run per GPU at a time
 #   TASKS="rte mrpc" METHODS="uniform alphadecay" SEEDS="1" bash scripts/table4_glue/run.sh
 #   SMOKE=1 bash scripts/table4_glue/run.sh                    # offline, CPU, minutes: a tiny world, then the table
 #
 # Variables: TASKS, METHODS (none uniform awd adadecay alphadecay), SEEDS (1 2 3), WD (0.1, the RoBERTa recipe's
 # decay, the base of every method), MODEL (roberta-base or a folder), DATA_DIR (a folder with one subfolder of
-# local files per task; default: the hub's nyu-mll/glue), OUT (runs/table4_glue), GPUS, PARALLEL (CPU lanes),
+# local files per task; default: the hub's nyu-mll/glue), OUT (runs/table4_glue), GPUS (default: every visible GPU,
+# each run on one, as fairseq's recipe: one process per GPU, never Trainer's DataParallel), PARALLEL (CPU lanes),
 # EXTRA (more flags for every run, e.g. "--epochs 3"), SAVE=1 (checkpoint every epoch; an interrupted run then
 # continues from its newest checkpoint when the script is run again), DRY_RUN=1 (print the commands).
 # The hyper-parameters are RoBERTa's GLUE recipe (python -m alphadecay.tasks.glue --help). Re-running skips
@@ -22,6 +23,9 @@ REPO="$(cd "$HERE/../.." && pwd)"
 : "${SEEDS:=1 2 3}" "${WD:=0.1}" "${MODEL:=roberta-base}" "${DATA_DIR:=}" "${EXTRA:=}"
 source "$REPO/scripts/downstream.sh"
 export WANDB_MODE="${WANDB_MODE:-}" TOKENIZERS_PARALLELISM=false
+if [[ -z "$GPUS" && "${SMOKE:-0}" != 1 ]]; then   # a run that saw several GPUs would refuse to start
+    GPUS="${CUDA_VISIBLE_DEVICES:-$("$PYTHON" -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))' 2>/dev/null)}"
+fi
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
     : "${OUT:=$REPO/runs/table4_smoke}"
