@@ -55,22 +55,42 @@ class TrainImages:
 
     Each epoch is one permutation of the dataset (from ``seed`` and the epoch) cut into ``world_size`` equal
     parts, the last incomplete global batch dropped; rank r reads part r, ``batch_size`` images at a time.
+    ``repeats`` > 1 is DeiT's repeated augmentation (its RASampler, timm's ``RepeatAugSampler``): each image
+    of the permutation ``repeats`` times in a row, dealt out so that its copies land on different ranks, each
+    rank keeping as many images per epoch as without repeats (so an epoch shows about 1/repeats of the images).
     """
 
-    def __init__(self, dataset, *, batch_size: int, rank: int, world_size: int, seed: int, workers: int):
+    def __init__(self, dataset, *, batch_size: int, rank: int, world_size: int, seed: int, workers: int,
+                 repeats: int = 1):
         self.dataset, self.batch_size = _SeededSamples(dataset), batch_size
         self.rank, self.world_size, self.seed, self.workers = rank, world_size, seed, workers
-        self.batches_per_epoch = len(dataset) // (batch_size * world_size)
+        self.sampler = None
+        if repeats > 1:
+            from timm.data.distributed_sampler import RepeatAugSampler
+            self.sampler = RepeatAugSampler(self.dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                            num_repeats=repeats)
+        per_rank = len(self.sampler) if self.sampler is not None else len(dataset) // world_size
+        self.batches_per_epoch = per_rank // batch_size
         if self.batches_per_epoch == 0:
             raise ConfigError(f"{len(dataset)} training images are fewer than one batch of {batch_size} x "
                               f"{world_size} ranks; lower --batch_size or add images")
         self.epoch, self.batch = 0, 0
 
-    def _keys(self, epoch: int) -> list[list[tuple[int, int]]]:
+    def _order(self, epoch: int) -> list[int]:
+        """This rank's image indices for the epoch, a function of (seed, epoch) only: resume replays them."""
+        per_rank = self.batches_per_epoch * self.batch_size
+        if self.sampler is not None:
+            # RepeatAugSampler seeds its permutation with the value given to set_epoch alone (DeiT's too);
+            # folding the seed in keeps the data order a function of --seed as without repeats.
+            self.sampler.set_epoch(self.seed * 100_003 + epoch)
+            return list(self.sampler)[:per_rank]
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(len(self.dataset), generator=g).tolist()
+        return order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def _keys(self, epoch: int) -> list[list[tuple[int, int]]]:
         per_rank = self.batches_per_epoch * self.batch_size
-        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        mine = self._order(epoch)
         base = (self.seed * 1_000_003 + epoch) * 10_000_019
         keys = [(index, base + self.rank * per_rank + i) for i, index in enumerate(mine)]
         return [keys[i:i + self.batch_size] for i in range(0, per_rank, self.batch_size)]

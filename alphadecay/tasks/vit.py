@@ -1,6 +1,7 @@
 """ViT-tiny on an ImageNet-style image folder with every weight-decay strategy (the ViT row of the paper's
 Table 5): timm's ``vit_tiny_patch16_224`` and the DeiT recipe through timm's own parts (RandAugment, Mixup/CutMix,
-label smoothing, random erasing, drop path, warm-up + cosine), ``torchrun`` DDP, top-1/top-5 evaluation.
+label smoothing, random erasing, drop path, repeated augmentation, warm-up + cosine), ``torchrun`` DDP, top-1/top-5
+evaluation; the random generators of the loop seeded with seed + rank, as DeiT's.
 
     torchrun --nproc_per_node=8 -m alphadecay.tasks.vit --data_dir /data/imagenet --strategy alphadecay \\
         --weight_decay 1e-6 --save_dir runs/vit-alphadecay
@@ -67,11 +68,43 @@ class CosineSchedule:
 def build_model(args):
     import timm
     try:
-        return timm.create_model(args.model, pretrained=False, num_classes=args.num_classes, img_size=args.img_size,
-                                 drop_path_rate=args.drop_path, **args.model_kwargs)
+        model = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes, img_size=args.img_size,
+                                  drop_path_rate=args.drop_path, **args.model_kwargs)
     except (RuntimeError, TypeError, ValueError) as e:
         raise ConfigError(f"timm cannot build --model {args.model!r} with --model_kwargs {json.dumps(args.model_kwargs)} "
                           f"({' '.join(str(e).split())[:150]}); check the name and arguments") from None
+    # timm's patch embedding is a strided convolution: a size that is not a multiple drops the border silently.
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch if isinstance(patch, (tuple, list)) else (patch,) if patch else ()
+    for p in set(patch):
+        if args.img_size % p:
+            raise ConfigError(f"--img_size {args.img_size} is not a multiple of the patch size {p} of --model "
+                              f"{args.model}; pass --img_size {args.img_size // p * p or p} or another multiple of {p}")
+    return model
+
+
+def check_classes(num_classes: int, train_classes: dict, val_classes: dict, *, warn: bool = True) -> int:
+    """--num_classes (0 = the train/ folders) against the class folders; returns the number to build."""
+    if set(val_classes) != set(train_classes):
+        differ = sorted(set(val_classes) ^ set(train_classes))
+        raise ConfigError(f"val/ and train/ differ in class folders (e.g. {', '.join(differ[:3])}); the labels are "
+                          f"the sorted folder names, so give both the same class folders")
+    if num_classes and num_classes < len(train_classes):
+        raise ConfigError(f"--num_classes {num_classes} is fewer than the {len(train_classes)} class folders of "
+                          f"train/; pass --num_classes {len(train_classes)} (or 0 to count them)")
+    if num_classes > len(train_classes) and warn:
+        print(f"warning: --num_classes {num_classes} is more than the {len(train_classes)} class folders of train/; "
+              f"the extra {num_classes - len(train_classes)} outputs are never a target", file=sys.stderr)
+    return num_classes or len(train_classes)
+
+
+def seed_augmentation(seed: int, rank: int) -> None:
+    """Python's, numpy's and torch's generators from seed + rank, as DeiT and timm's train.py: Mixup/CutMix
+    (numpy) and drop path (torch) draw differently on every rank. Checkpoints keep each rank's generators."""
+    import numpy as np
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
 
 
 def evaluate(model, batches, device, world_size: int, bf16: bool) -> dict:
@@ -97,7 +130,6 @@ def evaluate(model, batches, device, world_size: int, bf16: bool) -> dict:
 
 
 def train(args) -> dict:
-    import numpy as np
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.models import save_for_hf
@@ -114,9 +146,7 @@ def train(args) -> dict:
     rt = setup(args.device)
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(process_group())
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
-        np.random.seed(args.seed)
+        seed_augmentation(args.seed, 0)   # the initial weights: the same on every rank, whatever the world size
         checkpointer = Checkpointer(args.save_dir, rank=rt.rank, world_size=rt.world_size,
                                     keep_last=args.keep_last_checkpoints,
                                     write_model=lambda m, folder, _: save_for_hf(m, folder, safe_serialization=True))
@@ -126,7 +156,8 @@ def train(args) -> dict:
         # 1. Data and model; parallelism; the strategy and the optimizer over its groups.
         train_set = image_folder(args.data_dir, "train", transforms(args, training=True))
         val_set = image_folder(args.data_dir, "val", transforms(args, training=False))
-        args.num_classes = args.num_classes or len(train_set.reader.class_to_idx)
+        args.num_classes = check_classes(args.num_classes, train_set.reader.class_to_idx,
+                                         val_set.reader.class_to_idx, warn=rt.is_main)
         model = build_model(args).to(rt.device)
         mixup = None
         if args.mixup > 0 or args.cutmix > 0:
@@ -141,10 +172,11 @@ def train(args) -> dict:
         scheduler = CosineSchedule(optimizer, total=args.num_training_steps, warmup=args.warmup_steps,
                                    min_lr=args.min_lr, warmup_lr=args.warmup_lr)
         loader = TrainImages(train_set, batch_size=args.batch_size, rank=rt.rank, world_size=rt.world_size,
-                             seed=args.seed, workers=args.workers)
+                             seed=args.seed, workers=args.workers, repeats=1 if args.no_repeated_aug else 3)
         val_batches = eval_batches(val_set, batch_size=args.eval_batch_size, rank=rt.rank,
                                    world_size=rt.world_size, workers=args.workers)
         bf16 = rt.device.type == "cuda" and args.dtype != "float32" and torch.cuda.is_bf16_supported()
+        seed_augmentation(args.seed, rt.rank)   # from here on every rank draws its own Mixup and drop path
 
         # 2. Decays from the initial weights, or everything from a checkpoint.
         assignment, step, images_seen = None, 0, 0

@@ -20,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="vit_tiny_patch16_224", help="a timm model name")
     m.add_argument("--model_kwargs", default="", help='JSON of extra timm.create_model arguments, e.g. '
                    '\'{"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 8}\'')
-    m.add_argument("--num_classes", type=int, default=0, help="classes (0 = the number of train/ sub-folders)")
-    m.add_argument("--img_size", type=int, default=224, help="input resolution")
+    m.add_argument("--num_classes", type=int, default=0, help="classes (0 = the number of train/ sub-folders; "
+                   "fewer is an error, more a warning: outputs no image has)")
+    m.add_argument("--img_size", type=int, default=224, help="input resolution (a multiple of the patch size)")
     m.add_argument("--workers", type=int, default=8, help="DataLoader worker processes per rank")
     o = p.add_argument_group("optimisation (DeiT's recipe; the paper's Adam with coupled decay)")
     o.add_argument("--optimizer", default="adam", choices=["adam", "adamw"], type=str.lower,
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy ('' = none)")
     o.add_argument("--color_jitter", type=float, default=0.3, help="color jitter (ignored by timm when --aa is set)")
     o.add_argument("--reprob", type=float, default=0.25, help="random-erasing probability")
+    o.add_argument("--no_repeated_aug", action="store_true", help="turn off DeiT's repeated augmentation (on by "
+                   "default: its RASampler, timm's RepeatAugSampler, each image 3 times per epoch, the copies on "
+                   "different ranks)")
     o.add_argument("--crop_pct", type=float, default=0.875, help="evaluation center-crop fraction")
     o.add_argument("--seed", type=int, default=0, help="init, data order and augmentation seed")
     o.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
@@ -84,7 +88,8 @@ def parse_args(argv=None, world_size: int | None = None):
                          ("workers", lambda v: v >= 0, ">= 0"), ("eval_batch_size", positive, "positive"),
                          ("eval_every", lambda v: v >= 0, ">= 0"), ("save_every", lambda v: v >= 0, ">= 0"),
                          ("log_every", positive, ">= 1"), ("grad_clipping", lambda v: v >= 0, ">= 0"),
-                         ("keep_last_checkpoints", lambda v: v >= 0, ">= 0")])
+                         ("keep_last_checkpoints", lambda v: v >= 0, ">= 0"),
+                         ("num_classes", lambda v: v >= 0, ">= 0")])
     check_weight_decay_flags(args)
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         raise ConfigError(f"--batch_size {args.batch_size} is odd; Mixup/CutMix pair each image with another: pass an "

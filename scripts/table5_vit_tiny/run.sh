@@ -13,7 +13,8 @@
 # into groups of NPROC), PARALLEL (CPU lanes), EXTRA (more flags), DRY_RUN=1. The DeiT recipe is the default of
 # every flag (python -m alphadecay.tasks.vit --help): 300 epochs, batch 128 per rank (DeiT: 1024 in all),
 # warm-up 5 epochs, cosine to 1e-5, RandAugment, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, drop path 0.1,
-# random erasing 0.25. Interrupted runs resume (--continue_from latest) when the script is run again.
+# random erasing 0.25, repeated augmentation x3 (EXTRA=--no_repeated_aug turns it off). Interrupted runs resume
+# (--continue_from latest) when the script is run again.
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
