@@ -281,3 +281,35 @@ def test_trainer_callback_runs_llr_with_alphadecay_on_trainers_schedule(tmp_path
         assert lrs == {**{n: b[n] * S(t) for n in b}, "other": LR * S(t)}, t
     logged = [h for h in trainer.state.log_history if "alphadecay/lr_q" in h]
     assert logged and logged[-1]["alphadecay/lr_lm_head"] == 5 * LR
+
+
+def test_analyze_prints_the_lrs_llr_would_assign(tmp_path, capsys):
+    from alphadecay.cli import main as cli_main
+    model = tiny_llama(layers=2, hidden=64, vocab=500)
+    model.save_pretrained(tmp_path / "m")
+    assert cli_main(["analyze", str(tmp_path / "m"), "--json", str(tmp_path / "r.json"), "--lr", "2e-3"]) == 0
+    table = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    expected = LLR(model, 2e-3, total_steps=1).initial_assignment().module_lr
+    assert {n: r["lr"] for n, r in report["modules"].items()} == {n: v for n, v in expected.items()
+                                                                   if n != "model.embed_tokens"}
+    assert report["embedding_lr"] == {"model.embed_tokens": 1e-2} and report["modules"]["lm_head"]["lr_from"] == "max"
+    assert "1.000e-02^" in table and "LLR embeddings: model.embed_tokens 1.000e-02" in table
+
+
+def test_plot_runs_draws_the_assigned_lrs(tmp_path):
+    from alphadecay.cli import plot_runs
+    names = [n for n, _ in alphadecay.linear_modules(tiny_llama())]
+    recs = [{"type": "config", "step": 0, "config": {}}]
+    for step in (0, 100, 200):
+        recs.append({"type": "train", "step": step + 1, "loss": 3.0, "lr": LR})
+        recs.append({"type": "decay", "step": step, "module_alpha": {n: 2.0 for n in names},
+                     "type_mean_alpha": {"q": 2.0}, "module_weight_decay": {n: 0.1 for n in names},
+                     "module_lr": {n: LR * (1 + k % 5 + step / 100) for k, n in enumerate(names)}})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    series = plot_runs.type_series(plot_runs.read_run(str(tmp_path / "run")), "module_lr")
+    assert set(series) == {"q", "k", "v", "o", "gate", "up", "down"} and list(series["q"][0]) == [0, 100, 200]
+    assert plot_runs.main([str(tmp_path / "run"), "--out", str(tmp_path / "figs")]) == 0
+    png = tmp_path / "figs" / "learning_rate.png"
+    assert png.is_file() and png.stat().st_size > 1000

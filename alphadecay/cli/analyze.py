@@ -1,9 +1,10 @@
-"""Spectral analysis of a saved model: per-module PL alpha and the decay AlphaDecay would assign.
+"""Spectral analysis of a saved model: per-module PL alpha, the decay AlphaDecay and the base LR LLR would assign.
 
     alphadecay analyze PATH [--json FILE|-] [--csv FILE|-] [--plot DIR] [options]
 
 PATH is a folder written by ``save_pretrained`` (or a hub name when online). The decays come from
-``alphadecay.AlphaDecay`` itself, so the table shows exactly what training would start from.
+``alphadecay.AlphaDecay`` itself and the learning rates from ``alphadecay.LLR`` (from the same ESD), so the table
+shows exactly what training would start from.
 """
 from __future__ import annotations
 
@@ -53,7 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first linear module keeps wd (true/false, default true)")
     wd.add_argument("--remove_last_layer", type=parse_bool, default=True,
                     help="last linear module (lm_head) keeps wd (true/false, default true)")
-    wd.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd")
+    wd.add_argument("--eigs_thresh", type=int, default=50, help="modules with fewer eigenvalues keep wd (and lr)")
+    lr = p.add_argument_group("learning-rate assignment (LLR, as in training with --use_modulewise_lr "
+                              "--alpha_positively_with_lr)")
+    lr.add_argument("--lr", type=float, default=1e-3, help="peak lr the per-module bases scale (default 1e-3)")
+    lr.add_argument("--lr_min_ratio", type=float, default=1.0, help="base LR of the smallest alpha, x lr (default 1)")
+    lr.add_argument("--lr_max_ratio", type=float, default=5.0,
+                    help="base LR of the largest alpha, the embeddings and the output layer, x lr (default 5)")
+    lr.add_argument("--lr_assign_func", default="tb_linear_map", choices=ASSIGN_FUNCS)
     est = p.add_argument_group("estimator")
     est.add_argument("--pl_fitting", default="median", choices=PL_FITTINGS)
     est.add_argument("--xmin_pos", type=float, default=2, help="xmin index = N / xmin_pos (median fitting)")
@@ -121,6 +129,7 @@ def estimator_options(args) -> dict:
 def build_report(model, args) -> dict:
     """{"modules": {name: metrics + layer/type/shape/weight_decay/balanced}, "type_mean_alpha": ...}."""
     from ..esd import linear_modules
+    from ..llr import LLR
     from ..strategies import AlphaDecay
     opts = estimator_options(args)
     stats = analyze(model, distributed=False, **opts)
@@ -130,13 +139,19 @@ def build_report(model, args) -> dict:
                         eigs_thresh=args.eigs_thresh, analysis=opts, distributed=False)
     policy.initial_assignment(scores=stats)   # what training assigns before step 0, from the same ESD
     balanced = set(policy.balanced(stats))
+    llr = LLR(model, args.lr, total_steps=1, lr_min_ratio=args.lr_min_ratio, lr_max_ratio=args.lr_max_ratio,
+              assign_func=args.lr_assign_func, eigs_thresh=args.eigs_thresh, analysis=opts, distributed=False)
+    module_lr = llr.initial_assignment(scores=stats).module_lr
+    tuned = set(llr.tuned(stats))
     modules = {}
     for name, module in linear_modules(model):
         modules[name] = {**stats[name], "layer": layer_index(name), "type": module_type(name),
                          "shape": list(module.weight.shape), "weight_decay": policy.decays[name],
-                         "balanced": name in balanced}
+                         "balanced": name in balanced, "lr": module_lr.get(name, args.lr),
+                         "lr_from": "alpha" if name in tuned else "max" if name in llr.explicit else "base"}
     return {"modules": modules, "type_mean_alpha": policy.last.type_mean_alpha(),
-            "weight_decay": args.weight_decay}
+            "weight_decay": args.weight_decay, "lr": args.lr,
+            "embedding_lr": {n: v for n, v in module_lr.items() if n not in modules}}
 
 
 def _finite(v):
@@ -145,14 +160,14 @@ def _finite(v):
 
 
 def write_json(report: dict, meta: dict, dest: str) -> None:
-    body = {**meta, "type_mean_alpha": report["type_mean_alpha"],
+    body = {**meta, "type_mean_alpha": report["type_mean_alpha"], "embedding_lr": report["embedding_lr"],
             "modules": {n: {k: _finite(v) for k, v in row.items()} for n, row in report["modules"].items()}}
     text = json.dumps(body, indent=1, allow_nan=False)
     _write_text(dest, text + "\n")
 
 
 CSV_COLUMNS = ("module", "layer", "type", "shape", "alpha", "alphahat", "D", "spectral_norm", "fnorm",
-               "stable_rank", "entropy", "num_eigs", "weight_decay", "balanced")
+               "stable_rank", "entropy", "num_eigs", "weight_decay", "balanced", "lr", "lr_from")
 
 
 def write_csv(report: dict, dest: str) -> None:
@@ -182,12 +197,13 @@ def _write_text(dest: str, text: str) -> None:
 def format_table(report: dict) -> str:
     def num(v, fmt="{:.4g}"):
         return "nan" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
-    header = ("layer", "type", "shape", *TABLE_METRICS, "weight_decay", "module")
+    header = ("layer", "type", "shape", *TABLE_METRICS, "weight_decay", "lr", "module")
     rows = []
     for name, r in report["modules"].items():
         wd = num(r["weight_decay"], "{:.3e}") + ("" if r["balanced"] else "*")
+        lr = num(r["lr"], "{:.3e}") + {"alpha": "", "max": "^", "base": "*"}[r["lr_from"]]
         rows.append(("-" if r["layer"] is None else str(r["layer"]), r["type"], "x".join(map(str, r["shape"])),
-                     *(num(r[m]) for m in TABLE_METRICS), wd, name))
+                     *(num(r[m]) for m in TABLE_METRICS), wd, lr, name))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(c.ljust(w) if i in (1, 2, len(header) - 1) else c.rjust(w)
                        for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -197,6 +213,11 @@ def format_table(report: dict) -> str:
     lines.append("")
     lines.append("* = not balanced (first/last module, too few eigenvalues or undefined score): keeps wd = "
                  f"{report['weight_decay']:.3e}")
+    lines.append(f"lr (LLR's base, before the schedule): * = untuned, keeps lr = {report['lr']:.3e}; ^ = the output "
+                 f"layer at lr_max_ratio x lr")
+    if report["embedding_lr"]:
+        lines.append("LLR embeddings: " + ", ".join(f"{n} {v:.3e}" for n, v in report["embedding_lr"].items())
+                     + "; norms keep lr")
     if tm:
         lines.append("mean alpha per type: " + ", ".join(f"{t} {tm[t]:.3f}" for t in MODULE_TYPES if t in tm))
     return "\n".join(lines) + "\n"
@@ -260,7 +281,9 @@ def check_args(args) -> None:
     for flag, ok, need in (("--weight_decay", args.weight_decay >= 0, ">= 0"),
                            ("--wd_min_ratio", 0 <= args.wd_min_ratio <= args.wd_max_ratio, "in [0, --wd_max_ratio]"),
                            ("--xmin_pos", args.xmin_pos >= 1, ">= 1"),
-                           ("--eigs_thresh", args.eigs_thresh >= 0, ">= 0")):
+                           ("--eigs_thresh", args.eigs_thresh >= 0, ">= 0"), ("--lr", args.lr > 0, "> 0"),
+                           ("--lr_min_ratio", 0 <= args.lr_min_ratio <= args.lr_max_ratio,
+                            "in [0, --lr_max_ratio]")):
         if not (ok and math.isfinite(float(getattr(args, flag[2:])))):
             raise ConfigError(f"{flag} must be {need}, got {getattr(args, flag[2:])}; pass a valid value")
     for flag in ("json", "csv"):

@@ -3,7 +3,8 @@
     alphadecay plot-runs RUN [RUN ...] --out OUTDIR [--labels L ...] [--smooth 0.6]
 
 RUN is a run folder holding metrics.jsonl, or the file itself. Writes loss.png, eval_ppl.png,
-type_mean_alpha.png and weight_decay.png (a figure whose records no run has is skipped, with a note).
+type_mean_alpha.png, weight_decay.png and, for LLR runs, learning_rate.png (the assigned base LRs, before the
+schedule); a figure whose records no run has is skipped, with a note.
 """
 from __future__ import annotations
 
@@ -186,6 +187,9 @@ def make_plots(runs: list[Run], out_dir: str, smooth: float = 0.0) -> dict[str, 
         "weight_decay.png": plot_per_type(runs, "module_weight_decay", j("weight_decay.png"),
                                           title="Assigned weight decay per module type (mean over modules)",
                                           ylabel="weight decay", log=True),
+        "learning_rate.png": plot_per_type(runs, "module_lr", j("learning_rate.png"),
+                                           title="Assigned base learning rate per module type (LLR; mean over "
+                                                 "modules, before the schedule)", ylabel="base LR", log=True),
     }
 
 
