@@ -348,12 +348,18 @@ def main(argv=None) -> int:
         out.insert(0, f"no runs for --table {args.table}")
     print("\n\n".join(out))
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            for t in tables:
-                for row in csv_rows(t, paper):
-                    w.writerow(row)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)   # a new folder for it is fine
+            with open(args.csv, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                w.writeheader()
+                for t in tables:
+                    for row in csv_rows(t, paper):
+                        w.writerow(row)
+        except OSError as e:
+            print(f"error: cannot write --csv {args.csv!r} ({e.strerror or e}); pass a path in a writable folder",
+                  file=sys.stderr)
+            return 2
     return 0
 
 

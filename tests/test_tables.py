@@ -284,3 +284,16 @@ def test_paper_values_come_from_the_repository(tmp_path):
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert "| paper: AlphaDecay | 20.90 | 48.86 | 68.44 | 34.16 | 19.80 | 50.59 | 60.70 | 43.35 |" in out.stdout
+
+
+def test_csv_into_a_new_folder_and_into_a_file(tmp_path):
+    root = tmp_path / "runs"
+    _synthetic(root, "u-5", strategy="uniform", seed=5, ppl=40.0)
+    target = tmp_path / "new" / "deeper" / "cells.csv"
+    _make_tables(root, "--csv", target)
+    assert "Uniform" in target.read_text()                      # the folders were created
+    (tmp_path / "plain").write_text("a file")
+    r = subprocess.run([sys.executable, str(MAKE_TABLES), str(root), "--csv", str(tmp_path / "plain" / "c.csv")],
+                       capture_output=True, text=True, timeout=60, env=_env())
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: cannot write --csv"), r.stderr

@@ -188,3 +188,24 @@ def test_trainer_callback_reassigns_decays(tmp_path):
     assert len(set(balanced)) > 2 and min(balanced) == pytest.approx(0.06666) and max(balanced) == pytest.approx(0.3)
     logged = [h for h in trainer.state.log_history if "alphadecay/alpha_q" in h]
     assert logged and {"alphadecay/wd_gate", "alphadecay/assigned_at_step"} <= set(logged[-1])
+
+
+def test_plot_runs_refuses_a_file_as_out_and_an_empty_log(tmp_path, capsys):
+    a = write_metrics(tmp_path / "a", 0)
+    taken = tmp_path / "figs.png"
+    taken.write_text("not a folder")
+    assert cli_main(["plot-runs", str(a), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "must be a folder" in err[0]
+    assert taken.read_text() == "not a folder"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text("")
+    out = tmp_path / "figs"
+    assert cli_main(["plot-runs", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: nothing was logged in") and "empty" in err[0]
+    assert not out.exists()
+    assert cli_main(["plot-runs", str(empty), str(a), "--out", str(out)]) == 0     # the other run is plotted
+    assert "nothing was logged" in capsys.readouterr().err and (out / "loss.png").is_file()

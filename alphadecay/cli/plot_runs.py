@@ -211,11 +211,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
     if not 0 <= args.smooth < 1:
         parser.error("--smooth must be in [0, 1)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"error: --out {args.out!r} is a file; it must be a folder (the PNGs are written into it)",
+              file=sys.stderr)
+        return 2
     try:
         runs = [read_run(p, args.labels[k] if args.labels else None) for k, p in enumerate(args.runs)]
     except (FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    empty = [r for r in runs if not r.records]       # a config record alone is a start, not a log
+    if len(empty) == len(runs):
+        print(f"error: nothing was logged in {', '.join(r.path for r in empty)}; plot runs that have logged "
+              f"updates", file=sys.stderr)
+        return 2
+    for r in empty:
+        print(f"note: nothing was logged in {r.path}; left out", file=sys.stderr)
+    runs = [r for r in runs if r.records]
     if not args.labels:
         _unique_labels(runs)
     for r in runs:

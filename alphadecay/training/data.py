@@ -47,13 +47,28 @@ from datasets.distributed import split_dataset_by_node
 from ..errors import ConfigError, one_line
 from . import workers
 from .encode import encode_rows
-from .text_sources import HUB_DATASET, load_documents, resolve_data_files
+from .text_sources import HUB_DATASET, _hub_unreachable, load_documents, resolve_data_files
 
 __all__ = ["load_tokenizer", "resolve_data_files", "load_documents", "TrainBatches", "ResumableLoader",
            "make_train_loader"]
 
 logger = logging.getLogger(__name__)
 STATE_FORMAT = "alphadecay.train_batches.v1"
+
+
+def _from_folder_cache_or_hub(auto, name: str, max_length: int):
+    """A local folder or a copy in the local Hugging Face cache first; the hub only when that fails and the hub
+    answers (without a network huggingface_hub retries for about a minute before failing)."""
+    kwargs = dict(use_fast=True, model_max_length=max_length)
+    try:
+        return auto.from_pretrained(name, local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - not cached (OSError) or a cached copy that is incomplete
+        if os.path.isdir(name):
+            raise
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise ConfigError(f"not in the local cache and the hub is not reachable ({unreachable})")
+    return auto.from_pretrained(name, **kwargs)
 
 
 def load_tokenizer(name_or_path: str, max_length: int):
@@ -65,7 +80,9 @@ def load_tokenizer(name_or_path: str, max_length: int):
     if not os.path.isdir(name) and (os.path.isabs(name) or name.startswith(".") or os.path.exists(name)):
         raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: no such folder; {hint}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, use_fast=True, model_max_length=max_length)
+        tokenizer = _from_folder_cache_or_hub(AutoTokenizer, name, max_length)
+    except ConfigError as error:
+        raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {error}; {hint}") from None
     except Exception as error:  # noqa: BLE001 - OSError, HF validation/connection errors, bad files...
         raise ConfigError(f"tokenizer '{name_or_path}' could not be loaded: {one_line(error)}; {hint}") from None
     if not getattr(tokenizer, "is_fast", False):
