@@ -1,5 +1,7 @@
 """Fault injection for the tests: callbacks passed to the training loop (the package reads no test hooks)."""
 import os
+import resource
+import time
 
 from alphadecay.training.callbacks import Callback
 
@@ -44,12 +46,43 @@ class RaiseAt(Callback):
             raise RuntimeError(f"injected failure in update {self.k}")
 
 
+class HoldAt(Callback):
+    """A run held open: before update k, wait until the file ``release`` exists (at most ``timeout`` s)."""
+
+    def __init__(self, k: int, release: str, timeout: float = 300):
+        self.k, self.release, self.timeout = k, release, timeout
+
+    def on_update_start(self, state, stop):
+        if state.update_step + 1 == self.k:
+            deadline = time.time() + self.timeout
+            while not os.path.exists(self.release) and time.time() < deadline:
+                time.sleep(0.1)
+
+
+class FileSizeLimitAt(Callback):
+    """From update k on, no file of this process may grow beyond ``limit`` bytes (RLIMIT_FSIZE: writes past
+    it fail with EFBIG; Python ignores the SIGXFSZ that comes with them)."""
+
+    def __init__(self, k: int, limit: int):
+        self.k, self.limit = k, limit
+
+    def on_update_start(self, state, stop):
+        if state.update_step + 1 == self.k:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
 def parse(specs: list[str]) -> list[Callback]:
-    """'stop_after=K', 'nan=K[:RANK]', 'raise=K[:RANK]' -> callbacks (for the torchrun launcher)."""
+    """'stop_after=K', 'nan=K[:RANK]', 'raise=K[:RANK]', 'hold=K:FILE', 'fsize=K:BYTES' -> callbacks (for the
+    torchrun launcher)."""
     kinds = {"stop_after": StopAfter, "nan": NanAt, "raise": RaiseAt}
     out = []
     for spec in specs:
         kind, _, value = spec.partition("=")
         k, _, rank = value.partition(":")
-        out.append(kinds[kind](int(k)) if kind == "stop_after" else kinds[kind](int(k), int(rank) if rank else None))
+        if kind == "hold":
+            out.append(HoldAt(int(k), rank))
+        elif kind == "fsize":
+            out.append(FileSizeLimitAt(int(k), int(rank)))
+        else:
+            out.append(kinds[kind](int(k)) if kind == "stop_after" else kinds[kind](int(k), int(rank) if rank else None))
     return out

@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from ..distributed import has_sharded_params, is_sharded, local_part
 from ..errors import ConfigError, one_line, require_writable_folder
 from .export import clean_for_evaluation
+from .run_lock import LOCK_FILE
 
 STATE_FILE = "training_state.pt"
 OPTIMIZER_DIR = "optimizer"
@@ -120,6 +121,7 @@ def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_stat
         training_state = {**training_state, "optimizer_format": "dcp"}
     else:
         training_state = {**training_state, "optimizer": optimizer.state_dict()}
+    failure = None
     if rank == 0:
         if not sharded:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -133,15 +135,19 @@ def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_stat
             counters = {k: v for k, v in training_state.items() if isinstance(v, (int, float, str))}
             with open(os.path.join(tmp, "training_state.json"), "w") as f:
                 json.dump(counters, f, indent=2)
-        except OSError as e:
+            _replace_dir(tmp, final)
+        except Exception as e:  # noqa: BLE001 - a full disk is SafetensorError, torch.save's RuntimeError, OSError
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ConfigError(_save_failed(final, path_dir, e, model)) from None
-        _replace_dir(tmp, final)
-        if keep_last > 0:
+            failure = _save_failed(final, path_dir, e, model)
+        if failure is None and keep_last > 0:
             for _, old in list_checkpoints(path_dir)[:-keep_last]:
                 _remove_dir(old)
-    if world_size > 1:
-        dist.barrier()
+    if world_size > 1:   # also the barrier: the others wait until rank 0 has written, and stop with it
+        box = [failure]
+        dist.broadcast_object_list(box, src=0)
+        failure = box[0]
+    if failure is not None:
+        raise ConfigError(failure)
     return final if rank == 0 else None
 
 
@@ -166,14 +172,15 @@ def _save_sharded_optimizer(tmp, final, path_dir, model, optimizer, rank, world_
     except Exception as e:   # noqa: BLE001 - DCP wraps every rank's OSError in its own exception
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError(_save_failed(final, path_dir, OSError(one_line(e, 200)), model)) from None
+        raise ConfigError(_save_failed(final, path_dir, e, model)) from None
 
 
-def _save_failed(final: str, folder: str, error: OSError, model) -> str:
+def _save_failed(final: str, folder: str, error: Exception, model) -> str:
     # Weights plus Adam's two moments: about three times the parameters' bytes.
     need = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
-    return (f"writing checkpoint {final!r} failed ({error.strerror or one_line(error)}); about {need / 1e9:.2f} GB "
+    cause = getattr(error, "strerror", None) or one_line(error, 200)
+    return (f"writing checkpoint {final!r} failed ({cause}); about {need / 1e9:.2f} GB "
             f"needed, {free / 1e9:.2f} GB free in {folder!r}; the previous checkpoints are kept: free space or fix "
             f"the permissions, then resume with --continue_from latest")
 
@@ -202,11 +209,45 @@ def load_state(path: str, rank: int, world_size: int) -> dict:
     except Exception as e:
         raise ConfigError(f"{file!r} cannot be loaded safely ({one_line(e, 200)}); "
                           f"it is damaged or was not written by this program") from None
+    _require_entries(file, state)
     if state["world_size"] != world_size:
         raise ConfigError(f"checkpoint {path!r} was written by {state['world_size']} ranks, this run has {world_size}; "
                           f"resume with --nproc_per_node={state['world_size']} (the data position is per rank)")
     state.update(state.pop("ranks")[rank])
     return state
+
+
+# What every training state holds (per-rank entries under "ranks"); "optimizer" unless DCP wrote it.
+_STATE_ENTRIES = ("update_step", "tokens_seen", "skipped_updates", "scheduler", "strategy", "world_size", "ranks")
+_RANK_ENTRIES = ("data", "rng")
+
+
+def _damaged(file: str, missing: str) -> ConfigError:
+    return ConfigError(f"{file!r} is damaged or was not written by this program (it has no {missing} entry); "
+                       f"resume from an earlier checkpoint")
+
+
+def _require_entries(file: str, state) -> None:
+    if not isinstance(state, dict):
+        raise _damaged(file, "training-state")
+    needed = _STATE_ENTRIES + (() if state.get("optimizer_format") == "dcp" else ("optimizer",))
+    for key in needed:
+        if key not in state:
+            raise _damaged(file, repr(key))
+    ranks = state["ranks"]
+    if not isinstance(ranks, list) or len(ranks) != state["world_size"] or not all(isinstance(r, dict) for r in ranks):
+        raise _damaged(file, "per-rank 'ranks'")
+    for key in _RANK_ENTRIES:
+        if any(key not in r for r in ranks):
+            raise _damaged(file, f"per-rank {key!r}")
+
+
+def check_format(path: str, state: dict, sharded: bool) -> None:
+    """The optimizer's format (DCP shards under --fsdp, one state dict otherwise) is this run's."""
+    written_sharded = state.get("optimizer_format") == "dcp"
+    if sharded != written_sharded:
+        raise ConfigError(f"checkpoint {path!r} was written {'with' if written_sharded else 'without'} --fsdp; "
+                          f"resume it {'with' if written_sharded else 'without'} --fsdp")
 
 
 def load_model_weights(model: torch.nn.Module, path: str) -> None:
@@ -267,6 +308,7 @@ class Checkpointer:
         """``flag``: the command's name for the run folder, for its error messages (GLUE's is --output_dir)."""
         self.save_dir, self.rank, self.world_size, self.flag = save_dir, rank, world_size, flag
         self.keep_last, self.tokenizer, self.write_model = keep_last, tokenizer, write_model
+        self._loaded: tuple[str, dict] | None = None
 
     def prepare(self, *, resuming: bool, overwrite: bool) -> None:
         """Before any work: the folder is writable, and a new run never lands on top of another run.
@@ -281,13 +323,28 @@ class Checkpointer:
                                   f"choose another {self.flag}")
             if self.rank == 0:
                 aside = f"{self.save_dir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-                os.replace(self.save_dir, aside)
+                os.makedirs(aside)
+                for name in os.listdir(self.save_dir):   # the run lock stays: this run holds it
+                    if name != LOCK_FILE:
+                        os.replace(os.path.join(self.save_dir, name), os.path.join(aside, name))
                 print(f"--overwrite: the previous run in {self.save_dir} was moved to {aside}", flush=True)
         if self.rank == 0:   # nothing is created: a start that fails later leaves no empty folder behind
             require_writable_folder(self.save_dir, self.flag)
 
-    def resolve(self, continue_from: str | None) -> str | None:
-        return resolve(continue_from, self.save_dir)
+    def resolve(self, continue_from: str | None, *, announce: bool = True) -> str | None:
+        """The checkpoint to continue from. ``latest`` in a folder without one starts a new run there, and
+        says so (``announce``): auto-resume scripts rely on that start, and a mistyped folder shows."""
+        path = resolve(continue_from, self.save_dir)
+        if continue_from == "latest" and path is None and announce and self.rank == 0:
+            print(f"--continue_from latest: no checkpoint in {os.path.abspath(self.save_dir)}; a new run starts in "
+                  f"that folder", file=sys.stderr, flush=True)
+        return path
+
+    def load(self, path: str) -> dict:
+        """This rank's training state of checkpoint ``path``, read once (``restore`` reuses it)."""
+        if self._loaded is None or self._loaded[0] != path:
+            self._loaded = (path, load_state(path, self.rank, self.world_size))
+        return self._loaded[1]
 
     def save(self, step: int, model, optimizer, training_state: dict) -> str | None:
         """Collective. Returns the checkpoint path on rank 0 (None elsewhere)."""
@@ -297,16 +354,13 @@ class Checkpointer:
 
     def restore(self, path: str, *, model, optimizer, scheduler, strategy, loader, optimizer_name: str) -> dict:
         """Everything a run continues from; returns the counters (update_step, tokens_seen, skipped_updates)."""
-        state = load_state(path, self.rank, self.world_size)
+        state, self._loaded = self.load(path), None
         saved = state.get("optimizer_name", optimizer_name)
         if saved != optimizer_name:
             raise ConfigError(f"checkpoint {path!r} was trained with --optimizer {saved}, this run asks for "
                               f"{optimizer_name}; resume with --optimizer {saved}")
         sharded = has_sharded_params(model)
-        written_sharded = state.get("optimizer_format") == "dcp"
-        if sharded != written_sharded:
-            raise ConfigError(f"checkpoint {path!r} was written {'with' if written_sharded else 'without'} --fsdp; "
-                              f"resume it {'with' if written_sharded else 'without'} --fsdp")
+        check_format(path, state, sharded)
         load_model_weights(model, path)
         try:   # the strategy first: its mismatch explains an optimizer whose groups differ
             strategy.load_state_dict(state["strategy"])
@@ -314,12 +368,16 @@ class Checkpointer:
                 _load_sharded_optimizer(path, model, optimizer)
             else:
                 optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            loader.load_state_dict(state["data"])
+            set_rng_state(state["rng"])
+        except ConfigError:
+            raise
         except ValueError as e:
             raise ConfigError(f"{path!r} does not match this run: {one_line(e)}; resume with the flags it was "
                               f"trained with") from None
-        scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
+        except KeyError as e:   # an entry missing inside the strategy's, optimizer's, scheduler's or RNG state
+            raise _damaged(os.path.join(path, STATE_FILE), repr(e.args[0]) if e.args else "expected") from None
         return {k: state[k] for k in ("update_step", "tokens_seen", "skipped_updates")}
 
 

@@ -41,6 +41,8 @@ from .loss import NextTokenLoss
 from .model import build_model, count_params, vocab_guard
 from .optim import build_optimizer, build_scheduler, strategy_from_args
 from .parallel import parallelize
+from . import resume
+from .run_lock import RunLock
 from .runtime import StopSignal, process_group, setup, world_size_from_env
 
 
@@ -49,6 +51,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
     rt = setup(args.device)
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(process_group())       # destroyed last, on every exit path
+        if not args.eval_only:   # one run per folder: a second launch into it fails here, before any work
+            on_exit.enter_context(RunLock(args.save_dir, rank=rt.rank, world_size=rt.world_size))
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         tokenizer = load_tokenizer(args.tokenizer, args.max_length)
@@ -56,7 +60,10 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                                     keep_last=args.keep_last_checkpoints, tokenizer=tokenizer)
         if not args.eval_only:
             checkpointer.prepare(resuming=args.continue_from is not None, overwrite=args.overwrite)
-        resume_from = checkpointer.resolve(args.continue_from)
+        resume_from = checkpointer.resolve(args.continue_from, announce=not args.eval_only)
+        changed = {}   # flags that differ from the checkpoint's and may (any other is refused here)
+        if resume_from is not None and not args.eval_only:
+            changed = resume.compare(resume_from, checkpointer.load(resume_from), args)
         evaluator = Evaluator(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
                               max_length=args.max_length, target_tokens=args.target_eval_tokens,
                               rank=rt.rank, world_size=rt.world_size, device=rt.device)
@@ -100,10 +107,16 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             state = TrainState(**checkpointer.restore(resume_from, model=model, optimizer=optimizer,
                                                       scheduler=scheduler, strategy=strategy, loader=loader,
                                                       optimizer_name=args.optimizer))
+            resume.apply(changed, optimizer=optimizer, scheduler=scheduler, strategy=strategy)
 
         log = on_exit.enter_context(_run_logger(args, model, rt.is_main, state.update_step, resume_from))
         if assignment is not None:
             log.decay(assignment, args.strategy)
+        if resume_from is not None:
+            log.write({"type": "resume", "step": state.update_step, "from": resume_from, "changed": changed})
+            if rt.is_main:
+                print(resume.announce(resume_from, state.update_step, changed), file=sys.stderr, flush=True)
+        run_flags = resume.flags_record(args)
         params = [p for p in model.parameters() if p.requires_grad]
         speed = Throughput(training_flops_per_token(model.config, count_params(model)["non_embedding_params"],
                                                     args.max_length), rt.device, rt.world_size)
@@ -117,7 +130,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                 "update_step": state.update_step, "tokens_seen": state.tokens_seen,
                 "skipped_updates": state.skipped_updates, "scheduler": scheduler.state_dict(),
                 "strategy": strategy.state_dict(), "data": loader.state_dict(),
-                "model_config": args.model_config, "optimizer_name": args.optimizer})
+                "model_config": args.model_config, "optimizer_name": args.optimizer, "run_flags": run_flags})
 
         started, preempted = time.time(), False
         while state.update_step < args.num_training_steps:

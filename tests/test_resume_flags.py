@@ -1,0 +1,146 @@
+"""Resume says what it does: flags that may change take effect and are recorded; the others are refused."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from alphadecay.training import resume
+from alphadecay.training.args import build_parser, parse_args
+from alphadecay.training.loop import train
+from alphadecay.training.optim import build_scheduler, lr_lambda
+from conftest import DATA_DIR, REPO, tiny_llama
+from trainutil import data_flags, records, run_main, tiny_run_flags
+
+pytestmark = pytest.mark.usefixtures("c4_dir", "t5_dir")
+BASE = {"strategy": "alphadecay", "unbalancedWD_every": 1000}   # no reassignment after the initial one
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-update AlphaDecay run (lr 3e-3, weight decay 1e-5), copied per test."""
+    run = tmp_path_factory.mktemp("flags") / "run"
+    assert run_main(tiny_run_flags(run, steps=2, **BASE) + data_flags(DATA_DIR)) == 0
+    return run
+
+
+def copy(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    return run
+
+
+def last_error(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return lines[-1]
+
+
+def test_changed_flags_apply_from_the_resumed_update_and_are_recorded(tmp_path, finished, capsys):
+    run = copy(finished, tmp_path)
+    same_model = tmp_path / "same_model.json"
+    shutil.copy(REPO / "configs" / "llama_9m.json", same_model)   # another file, the same model
+    argv = tiny_run_flags(run, steps=4, lr=1e-3, weight_decay=2e-5, log_every=1, model_config=same_model,
+                          continue_from="latest", **BASE) + data_flags(DATA_DIR)
+    capsys.readouterr()
+    result = train(parse_args(argv))
+    err = capsys.readouterr().err
+    rec = [r for r in records(run, "resume")]
+    assert len(rec) == 1 and rec[0]["step"] == 2 and rec[0]["from"] == str(run / "model_2")
+    assert rec[0]["changed"] == {"lr": [3e-3, 1e-3], "weight_decay": [1e-5, 2e-5], "num_training_steps": [2, 4],
+                                 "model_config": [str(REPO / "configs" / "llama_9m.json"), str(same_model)],
+                                 "save_dir": [str(finished), str(run)]}      # the folder was copied
+    assert f"resuming from {run / 'model_2'} at update 2: " in err and "--lr 0.003 -> 0.001" in err
+
+    # The lr after updates 3 and 4 is the new schedule's (peak 1e-3 over 4 updates), not the old one's.
+    train_recs = {r["step"]: r for r in records(run, "train")}
+    for t in (3, 4):
+        expected = 1e-3 * lr_lambda(t, kind="cosine", total=4, warmup=2, min_ratio=0.1)
+        assert train_recs[t]["lr"] == pytest.approx(expected, rel=1e-12)
+    assert train_recs[2]["lr"] == pytest.approx(3e-3 * lr_lambda(2, kind="cosine", total=2, warmup=2, min_ratio=0.1))
+
+    # Every decay the strategy assigned at the start is scaled by 2 (no reassignment since), its base decay too.
+    initial = records(run, "decay")[0]["module_weight_decay"]
+    assert result["strategy"].weight_decay == 2e-5 and train_recs[4]["weight_decay"] == 2e-5
+    assert result["strategy"].decays == pytest.approx({n: 2 * d for n, d in initial.items()}, rel=1e-12)
+    assert len(set(initial.values())) > 2
+
+
+def test_apply_sets_the_optimizers_lr_of_the_next_update():
+    model = tiny_llama()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sched = build_scheduler(opt, "cosine", total=10, warmup=2, min_ratio=0.1)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    # The resumed run: built from the new flags, then the checkpoint's state loaded into it.
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched2 = build_scheduler(opt2, "linear", total=20, warmup=2, min_ratio=0.1)
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(3e-3 * lr_lambda(5, kind="cosine", total=10, warmup=2,
+                                                                         min_ratio=0.1))
+    resume.apply({"lr": [3e-3, 1e-3], "num_training_steps": [10, 20], "scheduler": ["cosine", "linear"]},
+                 optimizer=opt2, scheduler=sched2, strategy=None)
+    expected = 1e-3 * lr_lambda(5, kind="linear", total=20, warmup=2, min_ratio=0.1)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12) and sched2.get_last_lr()[0] == opt2.param_groups[0]["lr"]
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_lambda(6, kind="linear", total=20, warmup=2,
+                                                                        min_ratio=0.1), rel=1e-12)
+
+
+@pytest.mark.parametrize("over, old, new", [
+    ({"batch_size": 8}, "--batch_size 4", "--batch_size 8"),
+    ({"seed": 7}, "--seed 1", "--seed 7"),
+    ({"max_length": 32}, "--max_length 64", "--max_length 32"),
+    ({"packing": ""}, "no --packing", "--packing"),
+    ({"strategy": "adadecay"}, "--strategy alphadecay", "--strategy adadecay"),
+    ({"optimizer": "adamw"}, "--optimizer adam", "--optimizer adamw"),
+])
+def test_flags_that_define_the_run_are_refused_before_any_work(tmp_path, finished, capsys, over, old, new):
+    run = copy(finished, tmp_path)
+    before = (run / "metrics.jsonl").read_text()
+    flags = {**BASE, **over}
+    argv = tiny_run_flags(run, steps=4, continue_from="latest", **flags) + data_flags(DATA_DIR)
+    assert run_main(argv) == 2
+    last = last_error(capsys)
+    flag = "--" + next(iter(over))
+    assert last.startswith(f"error: {flag} cannot change on resume") and old in last and new in last, last
+    assert str(run / "model_2") in last and "resume with" in last
+    assert (run / "metrics.jsonl").read_text() == before and not (run / ".run.lock").exists()
+
+
+def test_another_model_is_refused_with_the_differing_key(tmp_path, finished, capsys):
+    run = copy(finished, tmp_path)
+    other = json.loads((REPO / "configs" / "llama_9m.json").read_text())
+    other["rms_norm_eps"] = 1e-5      # same shapes: only the config comparison can notice it
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    assert run_main(tiny_run_flags(run, steps=4, continue_from="latest", model_config=path, **BASE)
+                    + data_flags(DATA_DIR)) == 2
+    last = last_error(capsys)
+    assert "different model" in last and "rms_norm_eps: 1e-06 there, 1e-05 here" in last and "llama_9m.json" in last
+
+
+def test_schedule_shorter_than_the_updates_done_is_refused(tmp_path, finished, capsys):
+    run = copy(finished, tmp_path)
+    assert run_main(tiny_run_flags(run, steps=1, continue_from="latest", **BASE) + data_flags(DATA_DIR)) == 2
+    assert "--num_training_steps 1 is below" in last_error(capsys)
+
+
+def test_checkpoints_without_a_flag_record_are_compared_with_the_logged_flags(tmp_path, finished, capsys):
+    run = copy(finished, tmp_path)
+    state_file = run / "model_2" / "training_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["run_flags"]            # as written before the record existed
+    torch.save(state, state_file)
+    assert run_main(tiny_run_flags(run, steps=4, continue_from="latest", batch_size=8, **BASE)
+                    + data_flags(DATA_DIR)) == 2
+    assert "--batch_size cannot change on resume" in last_error(capsys)
+
+
+def test_every_named_flag_exists():
+    dests = {a.dest for a in build_parser()._actions}
+    assert resume.MAY_CHANGE <= dests and resume.NOT_COMPARED <= dests
+    assert not resume.MAY_CHANGE & resume.NOT_COMPARED
