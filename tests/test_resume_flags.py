@@ -144,3 +144,27 @@ def test_every_named_flag_exists():
     dests = {a.dest for a in build_parser()._actions}
     assert resume.MAY_CHANGE <= dests and resume.NOT_COMPARED <= dests
     assert not resume.MAY_CHANGE & resume.NOT_COMPARED
+
+
+def test_under_llr_the_lr_is_fixed_and_a_new_weight_decay_reaches_the_decay_policy(tmp_path):
+    from alphadecay.training.optim import build_optimizer, strategy_from_args
+    argv = tiny_run_flags(tmp_path / "run", steps=4, lr_strategy="llr", **BASE) + data_flags(DATA_DIR)
+    saved = parse_args(argv)
+    state = {"update_step": 2, "run_flags": resume.flags_record(saved)}
+    with pytest.raises(Exception, match="--lr cannot change on resume: .* --lr 0.003, this run has --lr 0.001"):
+        resume.compare("ckpt", state, parse_args(argv + ["--lr", "1e-3"]))
+    args = parse_args(argv + ["--weight_decay", "3e-5"])
+    changed = resume.compare("ckpt", state, args)
+    assert changed == {"weight_decay": [1e-5, 3e-5]}
+    model = tiny_llama()
+    trained = strategy_from_args(saved, model)             # AlphaDecay + LLR (Combined), as checkpointed
+    trained_opt = build_optimizer("adam", trained.param_groups(), lr=saved.lr, device=torch.device("cpu"))
+    # The resumed run: built from the new flags, then the checkpoint's states loaded into it.
+    strategy = strategy_from_args(args, model)
+    optimizer = build_optimizer("adam", strategy.param_groups(), lr=args.lr, device=torch.device("cpu"))
+    strategy.load_state_dict(trained.state_dict())
+    optimizer.load_state_dict(trained_opt.state_dict())
+    before = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+    resume.apply(changed, optimizer=optimizer, scheduler=None, strategy=strategy)
+    after = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+    assert after == pytest.approx({n: 3 * d for n, d in before.items()}, rel=1e-12) and len(after) > 5

@@ -14,7 +14,9 @@ May change (``MAY_CHANGE``):
 - cadence and bookkeeping: evaluation, checkpoints, logging, wandb names, ``--save_dir`` (a run continued
   in another folder), ``--device``, ``--compile``, ``--activation_checkpointing``, ``--model_config`` (another
   file describing the same model: compared key by key with the checkpoint's).
-Not compared (``NOT_COMPARED``): how this launch starts, and the release's switches that ``--strategy`` resolves.
+Under ``--lr_strategy llr`` the lr is fixed too (LLR's per-module base lrs come from it and are checkpointed).
+Not compared (``NOT_COMPARED``): how this launch starts, and the release's switches that ``--strategy`` and
+``--lr_strategy`` resolve.
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ MAY_CHANGE = frozenset(SCHEDULE + (
     "keep_last_checkpoints", "log_every", "wandb_name", "wandb_project", "name", "tags", "no_wandb",
     "device", "compile", "activation_checkpointing", "model_config",
     "use_hf_model", "batchnorm", "batchnorm_type"))   # the last three: accepted for the release's scripts only
+# LLR's per-module base learning rates are assigned from --lr and checkpointed: another --lr is another run.
+_FIXED_UNDER_LLR = frozenset(("lr",))
 NOT_COMPARED = frozenset((
     "continue_from", "overwrite", "eval_only", "single_cuda",   # this launch; world size: load_state checks it
     "use_modulewise_wd", "use_AWD_NeurIPS2023",                 # spelled through --strategy, which is compared
+    "use_modulewise_lr",                                        # spelled through --lr_strategy, which is compared
     "fsdp"))   # the checkpoint's optimizer format says it (check_format), also for checkpoints without flags
 
 
@@ -101,7 +106,8 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
               f"are taken as they are", file=sys.stderr)
         return {}
     old, new = saved["args"], vars(args)
-    for flag in sorted(set(old) & set(new) - MAY_CHANGE - NOT_COMPARED):
+    may_change = MAY_CHANGE - _FIXED_UNDER_LLR if getattr(args, "lr_strategy", None) == "llr" else MAY_CHANGE
+    for flag in sorted(set(old) & set(new) - may_change - NOT_COMPARED):
         if old[flag] != new[flag]:
             raise ConfigError(f"--{flag} cannot change on resume: checkpoint {path!r} was trained with "
                               f"{_describe(flag, old[flag])}, this run has {_describe(flag, new[flag])}; "
@@ -111,7 +117,7 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
     if args.num_training_steps < step:
         raise ConfigError(f"--num_training_steps {args.num_training_steps} is below checkpoint {path!r}'s update "
                           f"{step}; pass at least {step} (the schedule's length counts the updates already done)")
-    return {f: [old[f], new[f]] for f in sorted(set(old) & set(new) & MAY_CHANGE) if old[f] != new[f]}
+    return {f: [old[f], new[f]] for f in sorted(set(old) & set(new) & may_change) if old[f] != new[f]}
 
 
 def _same_model(path: str, saved: dict, args) -> None:
@@ -144,6 +150,10 @@ def apply(changed: dict[str, list], *, optimizer, scheduler, strategy) -> None:
 
 
 def _rescale_decays(strategy, optimizer, old: float, new: float) -> None:
+    if hasattr(strategy, "policy"):   # Combined (a decay strategy with LLR): its decay policy
+        strategy = strategy.policy("weight_decay")
+        if strategy is None:
+            return
     scale = (lambda d: d * new / old) if old > 0 else (lambda d: strategy.weight_decay)
     strategy.decays = {n: scale(d) for n, d in strategy.decays.items()}
     if isinstance(strategy, AWD):   # its running average sets every group's decay at each update
