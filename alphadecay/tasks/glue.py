@@ -214,6 +214,8 @@ def run(args) -> dict:
     Checkpointer(args.output_dir, rank=rank, world_size=1, flag="--output_dir").prepare(
         resuming=resuming, overwrite=args.overwrite)
     resume_from = _checkpoint(args.output_dir) if resuming else None
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    per_device = per_device_batch(args.batch_size or spec.batch_size, args.gradient_accumulation, cuda=cuda)
     transformers.set_seed(args.seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
@@ -224,8 +226,6 @@ def run(args) -> dict:
         raise ConfigError(f"cannot load --model_name_or_path {args.model_name_or_path!r} ({one_line(e, 150)}); pass "
                           f"a local model folder or connect to the hub once") from None
     max_length = check_max_length(args.max_length, model)
-    cuda = torch.cuda.is_available() and args.device != "cpu"
-    per_device = per_device_batch(args.batch_size or spec.batch_size, args.gradient_accumulation, cuda=cuda)
     data = tokenize(load_splits(args.task, args.data_dir, cache_dir=args.cache_dir), args.task, tokenizer,
                     max_length)
     if args.max_train_samples:
@@ -332,7 +332,8 @@ def parse_args(argv=None):
     check_numbers(args, [("eval_batch_size", lambda v: v > 0, "positive"), ("epochs", lambda v: v > 0, "positive"),
                          ("max_steps", lambda v: v >= 0, ">= 0"), ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
                          ("max_length", lambda v: v == 0 or v > 1, "0 or at least 2"),
-                         ("gradient_accumulation", lambda v: v > 0, "positive"), ("log_every", lambda v: v >= 1, ">= 1"),
+                         ("gradient_accumulation", lambda v: v > 0, "positive"),
+                         ("log_every", lambda v: v >= 1, ">= 1"),
                          ("lr", lambda v: v is None or v > 0, "positive"), ("workers", lambda v: v >= 0, ">= 0"),
                          ("batch_size", lambda v: v is None or v > 0, "positive"),
                          ("grad_clipping", lambda v: v >= 0, ">= 0"), ("max_train_samples", lambda v: v >= 0, ">= 0")])

@@ -24,7 +24,8 @@ REPO="$(cd "$HERE/../.." && pwd)"
 source "$REPO/scripts/downstream.sh"
 export WANDB_MODE="${WANDB_MODE:-}" TOKENIZERS_PARALLELISM=false
 if [[ -z "$GPUS" && "${SMOKE:-0}" != 1 ]]; then   # a run that saw several GPUs would refuse to start
-    GPUS="${CUDA_VISIBLE_DEVICES:-$("$PYTHON" -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))' 2>/dev/null)}"
+    count='import torch; print(",".join(map(str, range(torch.cuda.device_count()))))'
+    GPUS="${CUDA_VISIBLE_DEVICES:-$("$PYTHON" -c "$count" 2>/dev/null)}"
 fi
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
