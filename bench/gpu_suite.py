@@ -43,7 +43,7 @@ def part_tests(smoke: bool) -> dict:
 def part_throughput(device: torch.device, sizes: dict, steps: int, compile_backend: str) -> list[dict]:
     from alphadecay.training.flops import Throughput, training_flops_per_token
     from alphadecay.training.loss import NextTokenLoss
-    from alphadecay.training.model import build_model, count_params
+    from alphadecay.training.model import build_model
     from alphadecay.training.optim import build_optimizer
     from alphadecay.strategies import AlphaDecay
 
@@ -64,8 +64,7 @@ def part_throughput(device: torch.device, sizes: dict, steps: int, compile_backe
             mask[:, int(length * 0.77):] = 0          # the C4 pad share at 256 tokens (23%)
             inputs = loss_fn.inputs(ids.masked_fill(mask == 0, 0), mask, device)
             tokens = int(mask.sum())
-            speed = Throughput(training_flops_per_token(model.config, count_params(model)["non_embedding_params"],
-                                                        length), device, 1)
+            speed = Throughput(training_flops_per_token(model, length), device, 1)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             rates, first = [], None
@@ -75,7 +74,7 @@ def part_throughput(device: torch.device, sizes: dict, steps: int, compile_backe
                 loss_fn(**inputs).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                rate = speed.measure(tokens)
+                rate = speed.measure(tokens, computed=ids.numel())
                 if step == 0:
                     first = time.perf_counter() - t
                 if step >= 3:

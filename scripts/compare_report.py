@@ -80,6 +80,45 @@ def report(runs: dict) -> str:
     return "\n".join(lines + pairs) + "\n"
 
 
+def collect_by_dtype(folder: str) -> dict:
+    """{dtype: {seed: (final ppl, median seconds per update)}} from FOLDER/*/*/metrics.jsonl
+    (scripts/compare_precision.sh: one folder per mode)."""
+    runs = defaultdict(dict)
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*", "metrics.jsonl"))):
+        log = read_metrics(path)
+        final = log.last("final")
+        if log.config is None or final is None:
+            continue
+        rates = [r["throughput_tokens"] for r in log.records.get("train", []) if r.get("throughput_tokens")]
+        tokens = log.config["total_batch_size"] * log.config["max_length"]
+        step_s = tokens / statistics.median(rates) if rates else float("nan")
+        runs[log.config["dtype"]][log.config["seed"]] = (final["eval_ppl"], step_s)
+    return runs
+
+
+def dtype_report(runs: dict) -> str:
+    lines = ["| --dtype | seeds | final val. ppl (mean ± sd) | per seed | s per update (median) |",
+             "|---|---|---|---|---|"]
+    for dtype, by_seed in sorted(runs.items()):
+        ppl = [p for p, _ in by_seed.values()]
+        lines.append(f"| {dtype} | {len(ppl)} | {statistics.mean(ppl):.3f} ± {sd(ppl):.3f} | "
+                     + ", ".join(f"s{s}: {p:.3f}" for s, (p, _) in sorted(by_seed.items()))
+                     + f" | {statistics.median(t for _, t in by_seed.values()):.3f} |")
+    dtypes = sorted(runs)
+    if len(dtypes) == 2:
+        a, b = dtypes
+        seeds = sorted(set(runs[a]) & set(runs[b]))
+        if seeds:
+            diffs = [runs[a][s][0] - runs[b][s][0] for s in seeds]
+            spread = tuple(sd([p for p, _ in runs[d].values()]) for d in (a, b))
+            lines += ["", "| comparison | paired differences (ppl) | mean ± sd | seed sd (a, b) | verdict |",
+                      "|---|---|---|---|---|",
+                      f"| {a} − {b} | " + ", ".join(f"{d:+.3f}" for d in diffs)
+                      + f" | {statistics.mean(diffs):+.3f} ± {sd(diffs):.3f} | {spread[0]:.3f}, {spread[1]:.3f} | "
+                      f"{verdict(diffs, spread)} |"]
+    return "\n".join(lines) + "\n"
+
+
 def plot(logs: dict, out: str) -> list[str]:
     """Per-type mean alpha and the decay range of the AlphaDecay runs over training."""
     try:
@@ -127,9 +166,21 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", help="folder holding one folder per run (scripts/compare_strategies.sh: OUT/compare)")
     p.add_argument("--out", default=None, help="where report.md and the plots go (default: RUNS)")
+    p.add_argument("--by", default="method", choices=["method", "dtype"],
+                   help="dtype: RUNS holds one folder per --dtype (scripts/compare_precision.sh)")
     args = p.parse_args()
     out = args.out or args.runs
     os.makedirs(out, exist_ok=True)
+    if args.by == "dtype":
+        by_dtype = collect_by_dtype(args.runs)
+        if not by_dtype:
+            print(f"error: no finished runs under {args.runs}/*/", file=sys.stderr)
+            return 2
+        text = dtype_report(by_dtype)
+        with open(os.path.join(out, "report.md"), "w") as f:
+            f.write(text)
+        print(text)
+        return 0
     runs, logs = collect(args.runs)
     if not runs:
         print(f"error: no finished runs under {args.runs}", file=sys.stderr)

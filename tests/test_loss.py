@@ -107,3 +107,62 @@ def test_bfloat16_gradients_are_as_close_to_float32_as_the_labels_loss():
     _, ours16 = our_loss_and_grads(model16, ids, mask)
     to32 = lambda grads: {k: v.float() for k, v in grads.items()}  # noqa: E731
     assert max_relative_error(to32(ours16), exact) < 2 * max_relative_error(to32(hf16), exact) + 1e-3
+
+
+# Eight sequences with very different numbers of predicted tokens (the fourth predicts none).
+UNEVEN_LENGTHS = [24, 3, 17, 1, 24, 9, 12, 20]
+
+
+def _accumulated(batch_size, ids, mask):
+    """The loop's accumulate_gradients on one rank over micro-batches of ``batch_size`` sequences."""
+    from alphadecay.training.loop import accumulate_gradients
+    from alphadecay.training.parallel import parallelize
+    from alphadecay.training.runtime import Runtime
+
+    rt = Runtime(rank=0, local_rank=0, world_size=1, device=CPU)
+    model = tiny_llama()
+    loss_fn = NextTokenLoss(model)
+    net = parallelize(loss_fn, world_size=1, device=CPU)
+    micro = [loss_fn.inputs(ids[i:i + batch_size], mask[i:i + batch_size], CPU) for i in range(0, len(ids), batch_size)]
+    loss_sum, learned = accumulate_gradients(net, micro, rt)
+    return loss_sum, int(learned), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def test_update_loss_is_token_weighted_whatever_the_micro_batches():
+    """1 x 8, 2 x 4 and 8 x 1 (batch size x accumulation) give the full batch's per-token mean and its gradient."""
+    ids, mask = padded_batch(UNEVEN_LENGTHS)
+    ref_loss, ref_grads = our_loss_and_grads(tiny_llama(), ids, mask)
+    predicted = sum(max(n - 1, 0) for n in UNEVEN_LENGTHS)
+    for batch_size in (8, 2, 1):
+        loss, learned, grads = _accumulated(batch_size, ids, mask)
+        assert learned == predicted
+        assert abs(loss.item() - ref_loss.item()) <= 1e-6 * ref_loss.item(), batch_size
+        assert max_relative_error(grads, ref_grads) < 1e-6, batch_size
+    # The mean of per-micro-batch means (the loop's old loss) is far outside the tolerance: the test can fail.
+    per_sequence = [our_loss_and_grads(tiny_llama(), ids[i:i + 1], mask[i:i + 1])[0] for i in range(8)]
+    averaged = torch.stack([x for x in per_sequence if torch.isfinite(x)]).mean()
+    assert abs(averaged.item() - ref_loss.item()) > 100 * 1e-6 * ref_loss.item()
+
+
+def test_update_loss_is_token_weighted_over_two_ranks(tmp_path):
+    """2 ranks (DDP, gloo), each 4 of the 8 sequences as 1 x 4, 2 x 2 and 4 x 1: the same gradient and logged
+    loss as one process over all 8."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "tests" / "dist" / "token_weighted.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                           "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids, mask = padded_batch(UNEVEN_LENGTHS)
+    ref_loss, ref_grads = our_loss_and_grads(tiny_llama(), ids, mask)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert sorted(ranks[0]) == ["1x4", "2x2", "4x1"]
+    for split, result in ranks[0].items():
+        assert result["learned"] == sum(max(n - 1, 0) for n in UNEVEN_LENGTHS)
+        assert abs(result["loss"] - ref_loss.item()) <= 1e-6 * ref_loss.item(), split
+        assert max_relative_error(result["grads"], ref_grads) < 1e-6, split
+        assert all(torch.equal(result["grads"][k], ranks[1][split]["grads"][k]) for k in ref_grads)

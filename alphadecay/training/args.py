@@ -13,6 +13,7 @@ from ..powerlaw import PL_FITTINGS
 from ..strategies import ESD_METRICS, STRATEGIES
 from ..errors import ConfigError, one_line
 from .lr_flags import add_lr_flags, check_lr_flags
+from .precision import ALIASES
 
 
 def _token_count(text: str) -> int:
@@ -94,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the schedule's final value (its cosine/linear floor) as a fraction of --lr; not LLR's "
                         "per-module --lr_min_ratio")
     a.add_argument("--grad_clipping", type=float, default=0.0, help="clip the global grad norm (0 = off)")
-    a.add_argument("--dtype", default=None, choices=["bfloat16", "bf16", "float32", "fp32"],
-                   help="weight dtype; default bfloat16 on a bf16-capable GPU, else float32")
+    a.add_argument("--dtype", default=None, choices=["bfloat16", "bf16", "bf16-mixed", "bf16_mixed", "float32",
+                                                    "fp32"],
+                   help="bfloat16: pure bf16 weights and optimizer state (the paper's runs); bf16-mixed: float32 "
+                        "weights and optimizer state, bf16 compute; float32. Default bf16-mixed on a bf16-capable "
+                        "GPU, else float32 (the same meaning under DDP and --fsdp)")
     a.add_argument("--max_length", type=int, default=256, help="tokens per sequence")
     a.add_argument("--seed", type=int, default=0, help="model init and dropout seed (data order is fixed by seed 42)")
     a.add_argument("--activation_checkpointing", action="store_true", help="recompute activations in backward")
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the decoder (the whole model for types other than llama and gpt2)")
     a.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the ranks with FSDP2 (each decoder "
-                        "layer, then the root); float32 shards computing in --dtype; default: DDP")
+                        "layer, then the root), shards in the weights' dtype of --dtype; default: DDP")
     a.add_argument("--use_hf_model", action="store_true", help="accepted for the release's scripts; models always "
                    "come from transformers here")
 
@@ -299,7 +303,7 @@ def validate(args, world_size: int = 1):
     if args.max_train_tokens is not None:
         _require(args.max_train_tokens > 0, "--max_train_tokens must be positive")
         args.num_training_steps = math.ceil(args.max_train_tokens / (args.total_batch_size * args.max_length))
-    args.dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(args.dtype, args.dtype)
+    args.dtype = ALIASES.get(args.dtype, args.dtype)
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     args.wandb_name = args.wandb_name or args.name
     args.save_dir = args.save_dir or os.path.join("checkpoints", args.name)

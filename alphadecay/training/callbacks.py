@@ -14,6 +14,7 @@ class TrainState:
     """The counters a run continues from (saved in every checkpoint)."""
     update_step: int = 0        # optimizer updates applied
     tokens_seen: int = 0        # non-pad tokens consumed, all ranks
+    tokens_learned: int = 0     # predicted positions (the loss's tokens), all ranks
     skipped_updates: int = 0    # updates skipped on a non-finite loss (--on_nonfinite skip)
 
 

@@ -45,7 +45,9 @@ _CKPT_RE = re.compile(r"^model_(\d+)$")
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This rank's own GPU only (torchrun gives each rank one): a list of every visible device would not
+        # fit a resume that sees another number of them.
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     np = sys.modules.get("numpy")
     if np is not None:   # timm's augmentations and Mixup draw from numpy's global generator
         name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -57,11 +59,20 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_as_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(_current_device_entry(state["cuda"]), torch.cuda.current_device())
     if "numpy" in state:
         import numpy as np
         name, keys, pos, has_gauss, gauss = state["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+def _current_device_entry(saved):
+    """The generator state of the current device: the saved one, or from a checkpoint that saved one per
+    visible device (a list), the entry of the current device index if it has one, else the first."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    index = torch.cuda.current_device()
+    return saved[index] if index < len(saved) else saved[0]
 
 
 def _as_tuple(x):
@@ -378,7 +389,8 @@ class Checkpointer:
                               f"trained with") from None
         except KeyError as e:   # an entry missing inside the strategy's, optimizer's, scheduler's or RNG state
             raise _damaged(os.path.join(path, STATE_FILE), repr(e.args[0]) if e.args else "expected") from None
-        return {k: state[k] for k in ("update_step", "tokens_seen", "skipped_updates")}
+        # tokens_learned: absent from checkpoints written before it was counted
+        return {k: state[k] for k in ("update_step", "tokens_seen", "skipped_updates", "tokens_learned") if k in state}
 
 
 def _load_sharded_optimizer(path: str, model, optimizer) -> None:

@@ -2,7 +2,8 @@
 
 Each metrics.jsonl line is one JSON object with a "type":
   config  {"config": {...flags...}, "model": {...}}
-  train   step, loss, lr, tokens_seen, throughput_tokens, grad_norm, weight_decay, [mfu]
+  train   step, loss (per predicted token), lr, tokens_seen (non-pad), tokens_learned (predicted), throughput_tokens,
+          throughput_learned_tokens, grad_norm, weight_decay, [mfu (from the computed tokens, pads included)]
   eval    step, eval_loss, eval_ppl, eval_tokens
   decay   step, strategy, module_alpha, module_weight_decay, type_mean_alpha (at every assignment);
           with LLR also module_lr (module -> base LR before the schedule), type_mean_lr

@@ -23,7 +23,7 @@ import os
 import random
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,8 @@ from .logger import RunLogger, WandbSettings, progress_bar
 from .loss import NextTokenLoss
 from .model import build_model, count_params, vocab_guard
 from .optim import build_optimizer, build_scheduler, strategy_from_args
-from .parallel import parallelize
+from .parallel import Parallelized, parallelize
+from .precision import resolve_precision
 from . import resume
 from .run_lock import RunLock
 from .runtime import StopSignal, process_group, setup, world_size_from_env
@@ -75,9 +76,9 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                 raise ConfigError(f"no checkpoint found in {args.save_dir!r} for --continue_from latest; train first "
                                   f"or pass a folder")
             config = os.path.join(resume_from, "config.json")
-        dtype = _dtype(args.dtype, rt.device)
-        # FSDP2 keeps float32 shards and computes in --dtype (its mixed precision); DDP holds --dtype weights.
-        model = build_model(config, dtype=torch.float32 if args.fsdp else dtype, device=rt.device,
+        precision = resolve_precision(args.dtype, rt.device)
+        # The weights are the master copy (bf16 in pure bfloat16, float32 otherwise), under DDP and FSDP2 alike.
+        model = build_model(config, dtype=precision.weights, device=rt.device,
                             seed=args.seed, activation_checkpointing=args.activation_checkpointing,
                             pad_token_id=tokenizer.pad_token_id)   # the release's configs say -1 for it
         guard_vocab = vocab_guard(model, tokenizer)
@@ -87,9 +88,9 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
 
         # 2. Parallelism (DDP, or FSDP2 shards: the optimizer must see the sharded parameters), the
         #    weight-decay strategy and the optimizer over its groups; the training data.
-        loss_fn = NextTokenLoss(model)
+        loss_fn = NextTokenLoss(model, autocast=precision.autocast_dtype(fsdp=args.fsdp))
         net = parallelize(loss_fn, world_size=rt.world_size, device=rt.device, compile=args.compile,
-                          fsdp=args.fsdp, param_dtype=dtype if dtype != torch.float32 else None)
+                          fsdp=args.fsdp, param_dtype=precision.fsdp_param_dtype())
         strategy = strategy_from_args(args, model)
         optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device)
         scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
@@ -118,8 +119,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                 print(resume.announce(resume_from, state.update_step, changed), file=sys.stderr, flush=True)
         run_flags = resume.flags_record(args)
         params = [p for p in model.parameters() if p.requires_grad]
-        speed = Throughput(training_flops_per_token(model.config, count_params(model)["non_embedding_params"],
-                                                    args.max_length), rt.device, rt.world_size)
+        speed = Throughput(training_flops_per_token(model, args.max_length), rt.device, rt.world_size)
         stop = on_exit.enter_context(StopSignal())
         bar = on_exit.enter_context(progress_bar(args.num_training_steps, state.update_step, rt.is_main))
         batches = iter(loader)
@@ -128,35 +128,37 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         def save() -> str | None:
             return checkpointer.save(state.update_step, model, optimizer, {
                 "update_step": state.update_step, "tokens_seen": state.tokens_seen,
-                "skipped_updates": state.skipped_updates, "scheduler": scheduler.state_dict(),
+                "tokens_learned": state.tokens_learned, "skipped_updates": state.skipped_updates,
+                "scheduler": scheduler.state_dict(),
                 "strategy": strategy.state_dict(), "data": loader.state_dict(),
                 "model_config": args.model_config, "optimizer_name": args.optimizer, "run_flags": run_flags})
+
+        def on_loss(micro: int, loss: torch.Tensor) -> torch.Tensor:
+            for cb in callbacks:
+                loss = cb.on_loss(state, micro, loss)
+            return loss
 
         started, preempted = time.time(), False
         while state.update_step < args.num_training_steps:
             speed.start()
             for cb in callbacks:
                 cb.on_update_start(state, stop)
-            # 4. Gradients of one update, all-reduced only on the last micro-batch.
-            loss_sum = torch.zeros((), device=rt.device, dtype=torch.float32)
-            local_tokens = 0
-            for micro in range(accum):
-                batch = _next_batch(batches, state, args.num_training_steps)
-                local_tokens += int(batch["attention_mask"].sum())     # host copy: no device sync
-                inputs = loss_fn.inputs(guard_vocab(batch["input_ids"]), batch["attention_mask"], rt.device)
-                with contextlib.nullcontext() if micro == accum - 1 else net.no_sync():
-                    loss = net.forward(**inputs)
-                    for cb in callbacks:
-                        loss = cb.on_loss(state, micro, loss)
-                    (loss / accum).backward()
-                loss_sum += loss.detach().float()
+            # 4. Gradients of one update, all-reduced only on the last micro-batch. Token-weighted: the update's
+            #    loss is the sum of its token losses over every micro-batch and rank / the predicted tokens in all
+            #    of them, so a token weighs the same whatever the padding of its micro-batch or rank.
+            micro_batches = [_next_batch(batches, state, args.num_training_steps) for _ in range(accum)]
+            local_tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)   # host copies: no sync
+            computed_tokens = sum(b["attention_mask"].numel() for b in micro_batches) * rt.world_size
+            micro_inputs = [loss_fn.inputs(guard_vocab(b["input_ids"]), b["attention_mask"], rt.device)
+                            for b in micro_batches]
+            loss_sum, learned = accumulate_gradients(net, micro_inputs, rt, on_loss=on_loss)
 
             # 5. Clip; one host sync per update: loss, tokens and the stop flag, agreed by every rank.
             grad_norm = clip_gradients(params, args.grad_clipping)
-            mean_loss, tokens, stop_votes = agree_across_ranks(loss_sum / accum, local_tokens, stop.received is not None, rt)
-            grad_norm = float(grad_norm)
+            mean_loss, tokens, stop_votes = agree_across_ranks(loss_sum, local_tokens, stop.received is not None, rt)
+            grad_norm, learned = float(grad_norm), int(learned)     # the all-reduce above already waited for both
             if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
-                _non_finite(args.on_nonfinite, state, mean_loss, grad_norm, tokens, optimizer, log)
+                _non_finite(args.on_nonfinite, state, mean_loss, grad_norm, learned, optimizer, log)
                 optimizer.zero_grad(set_to_none=True)
                 if stop_votes > 0:       # a signal must be honoured even while updates are skipped
                     preempted = True
@@ -173,15 +175,15 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             optimizer.zero_grad(set_to_none=True)
             state.update_step += 1
             state.tokens_seen += int(tokens)
+            state.tokens_learned += learned
 
             # 7. Side effects: log, evaluate, checkpoint, stop.
             step, last = state.update_step, state.update_step == args.num_training_steps
-            rate = speed.measure(tokens)
+            rate = speed.measure(tokens, computed=computed_tokens, learned=learned)
             if step % args.log_every == 0 or last:
                 log.write({"type": "train", "step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                           "tokens_seen": state.tokens_seen, "throughput_tokens": rate["throughput_tokens"],
-                           "grad_norm": grad_norm, "weight_decay": optimizer.param_groups[-1]["weight_decay"],
-                           **({"mfu": rate["mfu"]} if "mfu" in rate else {})})
+                           "tokens_seen": state.tokens_seen, "tokens_learned": state.tokens_learned, **rate,
+                           "grad_norm": grad_norm, "weight_decay": optimizer.param_groups[-1]["weight_decay"]})
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate['throughput_tokens']:,.0f}", refresh=False)
             if args.eval_every and step % args.eval_every == 0 and not last:
@@ -206,13 +208,6 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             print(f"finished {state.update_step} updates: eval loss {final['eval_loss']:.4f}, perplexity "
                   f"{final['eval_ppl']:.2f}; checkpoint {path}", file=sys.stderr)
         return {"update_step": state.update_step, **final, "checkpoint": path, "model": model, "strategy": strategy}
-
-
-def _dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """--dtype, else bfloat16 on a bf16-capable GPU and float32 elsewhere."""
-    if name is None:
-        name = "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 
 def _run_logger(args, model, is_main: bool, start_step: int, resume_from: str | None) -> RunLogger:
@@ -240,6 +235,32 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     else:   # the norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     return norm.full_tensor() if is_sharded(norm) else norm    # FSDP2: the norm over every shard
+
+
+def accumulate_gradients(net: Parallelized, micro_inputs: list[dict], rt,
+                         on_loss: Callable[[int, torch.Tensor], torch.Tensor] = lambda micro, loss: loss):
+    """The backward of one update over this rank's micro-batches (``loss_fn.inputs`` of each), gradients
+    synchronised on the last. Returns (this rank's share of the update's loss, on the device: its summed token
+    losses x world_size / the update's predicted tokens, so that the mean over ranks is the per-token mean;
+    the predicted tokens on every rank). ``on_loss(micro, loss)``: the callbacks' hook before each backward."""
+    learned, scale = token_weights(micro_inputs, rt)
+    loss_sum = torch.zeros((), device=rt.device, dtype=torch.float32)
+    for micro, inputs in enumerate(micro_inputs):
+        with contextlib.nullcontext() if micro == len(micro_inputs) - 1 else net.no_sync():
+            loss = on_loss(micro, net.forward(**inputs, reduction="sum") * scale)
+            loss.backward()
+        loss_sum += loss.detach().float()
+    return loss_sum, learned
+
+
+def token_weights(micro_inputs: list[dict], rt) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted tokens of the update on every rank, the factor of each micro-batch's summed loss:
+    world_size / that count, since DDP and FSDP2 average gradients over the ranks). One all-reduce of the
+    count, before the first backward; the factor stays on the device (no sync)."""
+    count = torch.tensor(sum(i["positions"].numel() for i in micro_inputs), dtype=torch.int64, device=rt.device)
+    if rt.distributed:
+        dist.all_reduce(count)
+    return count, rt.world_size / count     # true division: a float32 factor; inf (a non-finite loss) at 0
 
 
 def agree_across_ranks(mean_loss: torch.Tensor, local_tokens: int, stopping: bool, rt) -> tuple[float, float, float]:

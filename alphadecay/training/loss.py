@@ -16,6 +16,8 @@ selecting them costs no device sync.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -42,13 +44,19 @@ def prediction_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor):
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``; gradients made chunk by chunk."""
+    """Summed (``divide``: mean) cross-entropy of ``hidden @ weight.T`` against ``targets``; gradients made
+    chunk by chunk. ``compute``: the matmuls' dtype under autocast (None: the inputs' own)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk):
+    def forward(ctx, hidden, weight, targets, chunk, compute, divide):
         n = hidden.shape[0]
+        ctx.n = n if divide else 1
+        ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
+        if compute is not None:
+            hidden, weight = hidden.to(compute), weight.to(compute)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        # Accumulated across chunks in float32 (or float64); bf16 weights get one rounding at the end.
+        # Accumulated across chunks in float32 (or float64); bf16 weights get one rounding at the end, float32
+        # master weights under autocast none.
         acc = torch.promote_types(hidden.dtype, torch.float32)
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
@@ -66,16 +74,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 else:
                     grad_weight += grad.t() @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.n, ctx.weight_dtype = n, weight.dtype
-        return total / n
+        return total / ctx.n
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_output / ctx.n
-        dh = None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype)
+        dh = None if grad_hidden is None else (grad_hidden * scale.to(grad_hidden.dtype)).to(ctx.hidden_dtype)
         dw = None if grad_weight is None else (grad_weight * scale).to(ctx.weight_dtype)
-        return dh, dw, None, None
+        return dh, dw, None, None, None, None
 
 
 def _chunks(hidden, weight, targets, chunk):
@@ -95,32 +102,43 @@ def _chunks(hidden, weight, targets, chunk):
         yield start, h, t, logits, logp
 
 
-def _chunked_loss(hidden, weight, targets, chunk):
+def _chunked_loss(hidden, weight, targets, chunk, compute, divide):
+    if compute is not None:
+        hidden, weight = hidden.to(compute), weight.to(compute)
     total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
     for _, _, t, _, logp in _chunks(hidden, weight, targets, chunk):
         total -= logp.gather(1, t[:, None]).sum()
-    return total / hidden.shape[0]
+    return total / hidden.shape[0] if divide else total
 
 
-def linear_cross_entropy(hidden, weight, targets, chunk: int | None = None) -> torch.Tensor:
-    """Mean of cross_entropy(logits, targets), logits = hidden @ weight.T in float32 (or float64) as
-    transformers' loss upcasts them, never holding all the logits at once."""
+def linear_cross_entropy(hidden, weight, targets, chunk: int | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Mean (or ``reduction="sum"``: sum) of cross_entropy(logits, targets), logits = hidden @ weight.T, their
+    log-softmax in float32 (or float64) as transformers' loss upcasts them, never holding all the logits at
+    once. Under ``torch.autocast`` the two matmuls run in the autocast dtype; the softmax, the sums and the
+    weight's gradient stay float32 (autocast itself cannot write a bf16 product into a float32 buffer)."""
     chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk)
-    return _chunked_loss(hidden, weight, targets, chunk)
+    device_type = hidden.device.type
+    compute = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    divide = reduction == "mean"
+    with torch.autocast(device_type, enabled=False) if compute is not None else contextlib.nullcontext():
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, compute, divide)
+        return _chunked_loss(hidden, weight, targets, chunk, compute, divide)
 
 
 class NextTokenLoss(torch.nn.Module):
-    """Wraps a causal LM; ``forward`` returns the mean next-token loss at the given positions.
+    """Wraps a causal LM; ``forward`` returns the mean (``reduction="sum"``: summed) next-token loss at the
+    given positions.
 
     DDP and torch.compile wrap this module, so the loss is part of the one forward pass they see. Models
-    outside FUSED_MODEL_TYPES run whole and their logits are gathered at the positions.
+    outside FUSED_MODEL_TYPES run whole and their logits are gathered at the positions. ``autocast``: the
+    dtype the forward computes in under ``torch.autocast`` (bf16-mixed under DDP; evaluation runs the same).
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, autocast: torch.dtype | None = None):
         super().__init__()
         self.model = model
+        self.autocast = autocast
         head = model.get_output_embeddings()
         model_type = getattr(model.config, "model_type", None)
         self.fused = model_type in FUSED_MODEL_TYPES and isinstance(head, torch.nn.Linear) and head.bias is None
@@ -139,12 +157,19 @@ class NextTokenLoss(torch.nn.Module):
         positions changes from batch to batch), the whole model otherwise. Parameter names are unchanged."""
         (self.model.base_model if self.fused else self.model).compile(**kwargs)
 
-    def forward(self, input_ids, positions, targets, attention_mask=None):
+    def forward(self, input_ids, positions, targets, attention_mask=None, reduction: str = "mean"):
+        if self.autocast is None:
+            return self._loss(input_ids, positions, targets, attention_mask, reduction)
+        with torch.autocast(input_ids.device.type, dtype=self.autocast):
+            return self._loss(input_ids, positions, targets, attention_mask, reduction)
+
+    def _loss(self, input_ids, positions, targets, attention_mask, reduction):
         if self.fused:
             hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, positions)
-            return linear_cross_entropy(hidden, self.model.get_output_embeddings().weight, targets)
+            return linear_cross_entropy(hidden, self.model.get_output_embeddings().weight, targets,
+                                        reduction=reduction)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         logits = logits[:, :-1].reshape(-1, logits.shape[-1]).index_select(0, positions)
-        return F.cross_entropy(logits.float(), targets)
+        return F.cross_entropy(logits.float(), targets, reduction=reduction)
 

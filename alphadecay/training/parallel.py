@@ -9,6 +9,7 @@ parameters, gradients and optimizer state.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -28,18 +29,26 @@ class Parallelized:
 
 def parallelize(loss_fn: NextTokenLoss, *, world_size: int, device: torch.device, compile: bool = False,
                 fsdp: bool = False, param_dtype: torch.dtype | None = None) -> Parallelized:
-    """``param_dtype`` (FSDP only): the dtype the layers compute in, gradients reduced in float32 while the
-    sharded parameters and optimizer state stay in their own dtype (FSDP2's MixedPrecisionPolicy)."""
+    """``param_dtype`` (FSDP only, bf16-mixed): the dtype the gathered parameters compute in, gradients reduced
+    in float32 while the sharded parameters and optimizer state stay float32 (FSDP2's MixedPrecisionPolicy).
+    None: the shards' own dtype throughout (pure bfloat16 shards for --dtype bfloat16)."""
     if fsdp:
         return _fully_shard(loss_fn, device=device, compile=compile, param_dtype=param_dtype)
     if compile:
         loss_fn.compile()
     if world_size == 1:
         return Parallelized(loss_fn, contextlib.nullcontext, loss_fn)
-    # No buffer broadcast before every forward: LLaMA's only buffers are the rotary tables, identical on every
-    # rank (synced once at init).
-    ddp = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+    ddp = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync())
     return Parallelized(ddp, ddp.no_sync, loss_fn)
+
+
+def _no_buffer_sync() -> dict:
+    """No buffer broadcast before every forward: LLaMA's only buffers are the rotary tables, identical on every
+    rank (synced once at init). torch 2.13 names that ``forward_sync_buffers=False``; older versions (the floor
+    is 2.6) only have ``broadcast_buffers=False``, which skips the same broadcast."""
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
