@@ -157,7 +157,8 @@ def test_table3_smoke_pipeline_offline(tmp_path):
     pytest.importorskip("lm_eval")
     from conftest import REPO
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path), "ALPHADECAY_DATA_DIR": str(DATA_DIR),
-           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHON": sys.executable}   # this interpreter, not the python3 on PATH (a venv need not be activated)
     done = subprocess.run(["bash", str(REPO / "scripts" / "table3_zero_shot" / "run.sh")], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
