@@ -60,9 +60,15 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
     argv = tiny_run_flags(tmp_path, steps=200, save_every=1, model_config=REPO / "configs" / "llama_20m.json",
                           keep_last_checkpoints=2) + data_flags(DATA_DIR)
     rng = random.Random(0)
+    newest = 0
     for attempt in range(2):
         proc = popen(argv + (["--continue_from", "latest"] if attempt else []))
-        wait_for_step(tmp_path, 1 + attempt, proc)
+        # A new complete checkpoint first (a save takes seconds on a loaded machine), then a kill at a random
+        # point of the back-to-back saves that follow.
+        deadline = time.time() + 300
+        while not [s for s, _ in checkpoint.list_checkpoints(str(tmp_path)) if s > newest]:
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.1)
         time.sleep(rng.uniform(0.1, 1.5))
         proc.kill()
         proc.wait()
@@ -75,6 +81,7 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
             from safetensors.torch import load_file
             assert load_file(os.path.join(path, "model.safetensors"))
             assert state["update_step"] == int(path.rsplit("_", 1)[1])
+        newest = complete[-1][0]
     proc = run_cli(argv[:argv.index("--num_training_steps") + 1] + ["8"] + argv[argv.index("--num_training_steps") + 2:]
                    + ["--continue_from", "latest"], check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
