@@ -29,7 +29,7 @@ _DEAD_HOLDER_GRACE_S = 10.0
 def _holder(fd: int) -> dict:
     os.lseek(fd, 0, os.SEEK_SET)
     try:
-        info = json.loads(os.read(fd, 4096).decode("utf-8", "replace") or "{}")
+        info = json.loads(os.read(fd, 1 << 16).decode("utf-8", "replace") or "{}")
     except ValueError:
         return {}
     return info if isinstance(info, dict) else {}
@@ -119,8 +119,8 @@ class RunLock:
         if previous:
             print(f"warning: {self.flag} {self.save_dir}: taking over the lock of a run that ended without "
                   f"releasing it ({_describe(previous)})", file=sys.stderr, flush=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "argv": sys.argv,
-              "launch": os.environ.get("TORCHELASTIC_RUN_ID")}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+              "command": " ".join(sys.argv)[:2000], "launch": os.environ.get("TORCHELASTIC_RUN_ID")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self._fd = fd
