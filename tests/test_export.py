@@ -198,7 +198,8 @@ def test_every_config_exports_a_folder_transformers_loads_as_trained(name, t5_di
         assert torch.equal(loaded(ids).logits, model(ids).logits)
     positions = json.loads(open(f"{folder}/config.json").read())
     if "n_positions" in positions:       # learned positions keep their rows
-        assert loaded.config.n_positions == model.config.n_positions == 1024 and "max_position_embeddings" not in positions
+        assert loaded.config.n_positions == model.config.n_positions == 1024
+        assert "max_position_embeddings" not in positions
     else:                                # RoPE: the trained length
         assert loaded.config.max_position_embeddings == 64
     tokenizer_config = json.loads(open(f"{folder}/tokenizer_config.json").read())
