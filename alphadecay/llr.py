@@ -148,7 +148,7 @@ class LLR:
         return self.bases.get(name, self.lr) * self.s(step)
 
     def write(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        for name, group in _find_groups(optimizer).items():
+        for name, group in _find_groups(optimizer):
             group["lr"] = self.lr_at(name, step)
 
     # -- assignments ----------------------------------------------------------------------------

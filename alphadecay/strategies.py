@@ -75,8 +75,9 @@ class Assignment:
         return rec
 
 
-def _find_groups(optimizer: torch.optim.Optimizer) -> dict[str, dict]:
-    groups = {g["name"]: g for g in optimizer.param_groups if "name" in g}
+def _find_groups(optimizer: torch.optim.Optimizer) -> list[tuple[str, dict]]:
+    # A list, not a dict: a module's group may be split over two optimizers under one name (Muon + AdamW).
+    groups = [(g["name"], g) for g in optimizer.param_groups if "name" in g]
     if not groups:
         raise ValueError("the optimizer's parameter groups have no 'name'; build the optimizer from "
                          "strategy.param_groups() so that decays can be written per module")
@@ -177,7 +178,7 @@ class DecayStrategy:
         return self.last
 
     def write(self, optimizer: torch.optim.Optimizer) -> None:
-        for name, group in _find_groups(optimizer).items():
+        for name, group in _find_groups(optimizer):
             group["weight_decay"] = self.decays.get(name, self.weight_decay)
 
     # -- checkpointing ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from ..powerlaw import PL_FITTINGS
 from ..strategies import ESD_METRICS, STRATEGIES
 from ..errors import ConfigError, one_line
 from .lr_flags import add_lr_flags, check_lr_flags
+from .muon_flags import add_muon_flags, check_muon_flags
 from .precision import ALIASES
 
 
@@ -76,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument_group("model and optimisation")
     a.add_argument("--model_config", default="configs/llama_60m.json", help="JSON model config (see configs/)")
-    a.add_argument("--optimizer", default="adam", choices=["adam", "adamw"], type=str.lower,
-                   help="adam: coupled L2 decay (the paper's Table 2); adamw: decoupled decay (Table 12)")
+    a.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "muon"], type=str.lower,
+                   help="adam: coupled L2 decay (the paper's Table 2); adamw: decoupled decay (Table 12); muon: "
+                        "Muon for the hidden 2-D matrices (q, k, v, o, gate, up, down of every block), AdamW for "
+                        "embeddings, the output layer, norms and any non-2-D parameter, one schedule for both")
     a.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     a.add_argument("--batch_size", type=int, default=32, help="sequences per GPU/process per micro-step")
     a.add_argument("--total_batch_size", type=int, default=None,
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_weight_decay_flags(p, weight_decay=1e-5)
     add_lr_flags(p)
+    add_muon_flags(p)
 
     d = p.add_argument_group("data")
     d.add_argument("--dataset_path", default=None,
@@ -217,6 +221,7 @@ def _check_numbers(args) -> None:
     check_numbers(args, _NUMBER_RULES)
     check_weight_decay_flags(args)
     check_lr_flags(args)
+    check_muon_flags(args)
     _require(args.warmup_steps <= args.num_training_steps,
              f"--warmup_steps {args.warmup_steps} is beyond --num_training_steps {args.num_training_steps}; "
              f"warm up for fewer updates")

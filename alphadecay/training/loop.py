@@ -39,6 +39,7 @@ from .flops import Throughput, training_flops_per_token
 from .logger import RunLogger, WandbSettings, progress_bar
 from .loss import NextTokenLoss
 from .model import build_model, count_params, vocab_guard
+from .muon_flags import muon_options
 from .optim import build_optimizer, build_scheduler, strategy_from_args
 from .parallel import Parallelized, parallelize
 from .precision import resolve_precision
@@ -92,7 +93,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         net = parallelize(loss_fn, world_size=rt.world_size, device=rt.device, compile=args.compile,
                           fsdp=args.fsdp, param_dtype=precision.fsdp_param_dtype())
         strategy = strategy_from_args(args, model)
-        optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device)
+        optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device,
+                                    model=model, muon=muon_options(args))
         scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
                                     warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
         loader = on_exit.enter_context(make_train_loader(

@@ -1,0 +1,161 @@
+"""Muon for the hidden matrices, AdamW for everything else, as one optimizer the policies write into.
+
+    policy = alphadecay.AlphaDecay(model, weight_decay=0.1)          # or LLR, Combined, any strategy
+    muon_groups, adamw_groups = alphadecay.split_muon_groups(policy.param_groups(), model)
+    optimizer = alphadecay.MuonWithAdamW(muon_groups, adamw_groups, lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, S)      # one schedule drives both
+    policy.initial_assignment(optimizer)
+    ...
+    policy.step(optimizer, step); optimizer.step(); scheduler.step()
+
+The usual split (Keller Jordan's Muon; Moonshot's "Muon is Scalable for LLM Training"; torchtitan, Megatron):
+Muon takes the 2-D weights of the hidden linear modules (q, k, v, o, gate, up, down of every block); AdamW takes
+the embeddings, the output layer (also when tied), norms, biases and any other parameter. Each policy group is
+split by parameter and both halves keep its ``name`` and values, so a policy's write of ``weight_decay`` or ``lr``
+by name reaches whichever optimizer holds the module.
+
+``adjust_lr_fn="match_rms_adamw"`` (the default here; torch's own default is ``"original"``) scales each update
+to AdamW's RMS (0.2 * sqrt(max(A, B)), Moonshot's paper), so AdamW's learning rate and decoupled decay carry over
+unchanged. The Muon groups' ``lr`` is in the units of ``lr`` (what the scheduler and LLR write); ``muon_lr``
+rescales the Muon half at each step by ``muon_lr / lr``, per-module LLR base LRs included.
+"""
+from __future__ import annotations
+
+import math
+from collections import ChainMap
+
+import torch
+import torch.nn as nn
+
+from .distributed import is_sharded
+from .esd import linear_modules
+from .llr import output_layer_name
+
+ADJUST_LR_FNS = ("match_rms_adamw", "original")
+
+
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable 2-D weights of every linear module except the output layer and any weight an embedding shares."""
+    head = output_layer_name(model)
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    out, seen = [], set()
+    for name, module in linear_modules(model):
+        w = getattr(module, "weight", None)
+        if (name == head or w is None or not w.requires_grad or w.ndim != 2 or id(w) in embedded
+                or id(w) in seen):
+            continue
+        seen.add(id(w))
+        out.append(w)
+    return out
+
+
+def split_muon_groups(param_groups: list[dict], model: nn.Module) -> tuple[list[dict], list[dict]]:
+    """(Muon groups, AdamW groups): each group of ``param_groups`` split by parameter, both halves with the group's
+    name and values (a linear's weight on Muon, its bias on AdamW at the same decay). ValueError when the model has
+    no hidden 2-D matrix for Muon."""
+    hidden = {id(p) for p in hidden_matrices(model)}
+    if not hidden:
+        raise ValueError(f"{type(model).__name__} has no hidden 2-D linear weight for Muon (only embeddings, the "
+                         f"output layer or non-2-D parameters)")
+    muon, adamw = [], []
+    for group in param_groups:
+        values = {k: v for k, v in group.items() if k != "params"}
+        params = list(group["params"])
+        for side, keep in ((muon, True), (adamw, False)):
+            part = [p for p in params if (id(p) in hidden) == keep]
+            if part:
+                side.append({**values, "params": part})
+    return muon, adamw
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` over ``muon_groups`` and ``torch.optim.AdamW`` over ``adamw_groups``, one Optimizer.
+
+    ``param_groups`` is the union of both (the very same dicts: Muon's first), so LR schedulers, policies and
+    ``group["weight_decay"] = ...`` act on the inner optimizers; ``state_dict`` holds both states.
+    """
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, lr: float, muon_lr: float | None = None,
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
+                 adjust_lr_fn: str = "match_rms_adamw", adamw_options: dict | None = None):
+        if not muon_groups:
+            raise ValueError("MuonWithAdamW needs at least one Muon group (split_muon_groups builds them)")
+        checks = [(lr > 0 and math.isfinite(lr), f"lr must be positive, got {lr}"),
+                  (muon_lr is None or (muon_lr > 0 and math.isfinite(muon_lr)), f"muon_lr must be positive, got "
+                                                                                f"{muon_lr}"),
+                  (0 <= momentum < 1, f"momentum must be in [0, 1), got {momentum}"),
+                  (1 <= ns_steps < 100, f"ns_steps must be in [1, 99], got {ns_steps}"),
+                  (adjust_lr_fn in ADJUST_LR_FNS, f"unknown adjust_lr_fn {adjust_lr_fn!r}; choose one of "
+                                                  f"{', '.join(ADJUST_LR_FNS)}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if any(is_sharded(p) for g in muon_groups for p in g["params"]):
+            # torch's Newton-Schulz on a DTensor row shard orthogonalises the shard, not the matrix.
+            raise ValueError("Muon on sharded (FSDP2/DTensor) parameters is not supported: it would orthogonalise "
+                             "each shard instead of the matrix")
+        self.lr_ratio = 1.0 if muon_lr is None else float(muon_lr) / float(lr)
+        self.muon = torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                     adjust_lr_fn=adjust_lr_fn)
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, **(adamw_options or {})) if adamw_groups else None
+        super().__init__(self._groups(), defaults={})
+        self._sync()
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.muon] + ([self.adamw] if self.adamw is not None else [])
+
+    def _groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def _sync(self) -> None:
+        # The inner optimizers' load_state_dict replaces their group dicts and state: point at the new ones.
+        self.param_groups = self._groups()
+        self.state = ChainMap(*(opt.state for opt in self.optimizers))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.lr_ratio == 1.0:
+            self.muon.step()
+        else:
+            written = [g["lr"] for g in self.muon.param_groups]
+            for g in self.muon.param_groups:
+                g["lr"] = g["lr"] * self.lr_ratio
+            try:
+                self.muon.step()
+            finally:   # the written values back exactly: a multiply and a divide would drift
+                for g, lr in zip(self.muon.param_groups, written):
+                    g["lr"] = lr
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": None if self.adamw is None else self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict) or "muon" not in state_dict or "adamw" not in state_dict:
+            raise ValueError("the optimizer state is not a Muon + AdamW state (no 'muon' and 'adamw' entries); "
+                             "resume with the --optimizer it was trained with")
+        if (state_dict["adamw"] is None) != (self.adamw is None):
+            raise ValueError("the optimizer state has " + ("no" if state_dict["adamw"] is None else "an")
+                             + " AdamW half, this optimizer " + ("has" if self.adamw is not None else "has none"))
+        self.muon.load_state_dict(state_dict["muon"])
+        if self.adamw is not None:
+            self.adamw.load_state_dict(state_dict["adamw"])
+        self._sync()
+
+    def __repr__(self) -> str:
+        return f"MuonWithAdamW(muon={len(self.muon.param_groups)} groups, adamw=" \
+               f"{0 if self.adamw is None else len(self.adamw.param_groups)} groups, muon_lr_ratio={self.lr_ratio})"
+
+
+__all__ = ["ADJUST_LR_FNS", "MuonWithAdamW", "hidden_matrices", "split_muon_groups"]
