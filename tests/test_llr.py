@@ -313,3 +313,18 @@ def test_plot_runs_draws_the_assigned_lrs(tmp_path):
     assert plot_runs.main([str(tmp_path / "run"), "--out", str(tmp_path / "figs")]) == 0
     png = tmp_path / "figs" / "learning_rate.png"
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_block_wise_and_reversed_log_maps_on_names_without_a_block():
+    """Release defects 11 and 12: layerwise_sigmoid must not crash on embed_tokens/lm_head (they are not mapped
+    here), and the reversed tb_log2 keeps the mean base at lr (the release scales it by n^2)."""
+    model = tiny_llama()
+    sig = LLR(model, LR, total_steps=10, assign_func="layerwise_sigmoid")
+    a = sig.initial_assignment()
+    assert a.module_lr["lm_head"] == a.module_lr["model.embed_tokens"] == 5 * LR
+    block0 = [a.module_lr[n] for n, _ in sig.score_linears if ".layers.0." in n]
+    assert len(set(block0)) > 2 and all(0 < v < 2 * LR for v in block0)
+    rev = LLR(model, LR, total_steps=10, assign_func="tb_log2", positive=False)
+    b = rev.initial_assignment()
+    tuned = [b.module_lr[n] for n in rev.tuned(alphadecay.analyze(model))]
+    assert len(tuned) == 14 and math.isclose(sum(tuned) / len(tuned), LR, rel_tol=1e-6)
