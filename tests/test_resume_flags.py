@@ -153,6 +153,10 @@ def test_under_llr_the_lr_is_fixed_and_a_new_weight_decay_reaches_the_decay_poli
     state = {"update_step": 2, "run_flags": resume.flags_record(saved)}
     with pytest.raises(Exception, match="--lr cannot change on resume: .* --lr 0.003, this run has --lr 0.001"):
         resume.compare("ckpt", state, parse_args(argv + ["--lr", "1e-3"]))
+    muon = tiny_run_flags(tmp_path / "run", steps=4, optimizer="muon", **BASE) + data_flags(DATA_DIR)
+    with pytest.raises(Exception, match="--lr cannot change on resume"):
+        resume.compare("ckpt", {"update_step": 2, "run_flags": resume.flags_record(parse_args(muon))},
+                       parse_args(muon + ["--lr", "1e-3"]))
     args = parse_args(argv + ["--weight_decay", "3e-5"])
     changed = resume.compare("ckpt", state, args)
     assert changed == {"weight_decay": [1e-5, 3e-5]}

@@ -14,7 +14,8 @@ May change (``MAY_CHANGE``):
 - cadence and bookkeeping: evaluation, checkpoints, logging, wandb names, ``--save_dir`` (a run continued
   in another folder), ``--device``, ``--compile``, ``--activation_checkpointing``, ``--model_config`` (another
   file describing the same model: compared key by key with the checkpoint's).
-Under ``--lr_strategy llr`` the lr is fixed too (LLR's per-module base lrs come from it and are checkpointed).
+Under ``--lr_strategy llr`` or ``--optimizer muon`` the lr is fixed too (LLR's per-module base lrs come from it and
+are checkpointed; Muon's groups may have their own ``--muon_lr``).
 Not compared (``NOT_COMPARED``): how this launch starts, and the release's switches that ``--strategy`` and
 ``--lr_strategy`` resolve.
 """
@@ -36,7 +37,8 @@ MAY_CHANGE = frozenset(SCHEDULE + (
     "keep_last_checkpoints", "log_every", "wandb_name", "wandb_project", "name", "tags", "no_wandb",
     "device", "compile", "activation_checkpointing", "model_config",
     "use_hf_model", "batchnorm", "batchnorm_type"))   # the last three: accepted for the release's scripts only
-# LLR's per-module base learning rates are assigned from --lr and checkpointed: another --lr is another run.
+# LLR's per-module base learning rates are assigned from --lr and checkpointed, and Muon's groups may run at
+# their own --muon_lr: one new/old ratio for every group would be wrong there, so another --lr is another run.
 _FIXED_UNDER_LLR = frozenset(("lr",))
 NOT_COMPARED = frozenset((
     "continue_from", "overwrite", "eval_only", "single_cuda",   # this launch; world size: load_state checks it
@@ -106,7 +108,8 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
               f"are taken as they are", file=sys.stderr)
         return {}
     old, new = saved["args"], vars(args)
-    may_change = MAY_CHANGE - _FIXED_UNDER_LLR if getattr(args, "lr_strategy", None) == "llr" else MAY_CHANGE
+    per_group_lrs = getattr(args, "lr_strategy", None) == "llr" or args.optimizer == "muon"
+    may_change = MAY_CHANGE - _FIXED_UNDER_LLR if per_group_lrs else MAY_CHANGE
     for flag in sorted(set(old) & set(new) - may_change - NOT_COMPARED):
         if old[flag] != new[flag]:
             raise ConfigError(f"--{flag} cannot change on resume: checkpoint {path!r} was trained with "
