@@ -47,7 +47,26 @@ def test_schedule_warmup_cosine_floor():
 def test_fsdp_flag():
     assert parse_args(CFG).fsdp is False                               # DDP is the default
     assert parse_args(CFG + ["--fsdp"], world_size=2).fsdp is True
-    with pytest.raises(ConfigError, match="--compile with --fsdp"):
-        parse_args(CFG + ["--fsdp", "--compile"], world_size=2)
+    both = parse_args(CFG + ["--fsdp", "--compile"], world_size=2)   # each block compiled, then sharded
+    assert both.fsdp and both.compile
     with pytest.raises(ConfigError, match="torchrun --nproc_per_node"):
         parse_args(CFG + ["--fsdp"], world_size=1)
+
+
+def test_collective_timeout_reaches_the_process_group(monkeypatch):
+    """--dist_timeout_minutes: what init_process_group is given (torch's 10-minute default is shorter than rank 0
+    writing a 7B checkpoint while the others wait in the next collective)."""
+    import datetime
+
+    from alphadecay.training import runtime
+
+    assert parse_args(CFG).dist_timeout_minutes == 30
+    with pytest.raises(ConfigError, match="--dist_timeout_minutes"):
+        parse_args(CFG + ["--dist_timeout_minutes", "0"])
+    seen = {}
+    monkeypatch.setattr(runtime.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(runtime.dist, "init_process_group", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    rt = runtime.setup("cpu", timeout_minutes=45)
+    assert rt.rank == 1 and seen["timeout"] == datetime.timedelta(minutes=45) and seen["world_size"] == 2

@@ -94,16 +94,17 @@ def test_launch_script_commands_parse(tmp_path):
 
     cases = [({"MODEL": "7b"}, 8, "--standalone"),
              ({"MODEL": "3b", "NNODES": "2", "RDZV_ENDPOINT": "node0:29500", "METHOD": "uniform"}, 16, "c10d"),
-             ({"MODEL": "1b", "OPTIMIZER": "adamw", "WD": "0.1"}, 8, "--standalone")]
+             ({"MODEL": "1b", "OPTIMIZER": "adamw", "WD": "0.1", "KEEP_LAST": "0"}, 8, "--standalone")]
     for env, world, launcher in cases:
         out = subprocess.run(["bash", str(REPO / "scripts" / "fsdp_llama.sh")], capture_output=True, text=True,
                              env={**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), **env}, check=True).stdout
         words = shlex.split(out)
         assert words[0] == "torchrun" and launcher in out
         args = parse_args(words[words.index("torchrun_main.py") + 1:], world_size=world)
-        assert args.fsdp and args.dtype == "bfloat16" and args.model_config.endswith(f"llama_{env['MODEL']}.json")
+        assert args.fsdp and args.dtype == "bf16-mixed" and args.model_config.endswith(f"llama_{env['MODEL']}.json")
         assert args.strategy == env.get("METHOD", "alphadecay")
         assert args.gradient_accumulation * args.batch_size * world == 512
+        assert args.keep_last_checkpoints == int(env.get("KEEP_LAST", 2))
     failed = subprocess.run(["bash", str(REPO / "scripts" / "fsdp_llama.sh")], capture_output=True, text=True,
                             env={**os.environ, "DRY_RUN": "1", "NNODES": "2"})
     assert failed.returncode == 2 and "RDZV_ENDPOINT" in failed.stderr

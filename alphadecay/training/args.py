@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="model init and dropout seed (data order is fixed by seed 42)")
     a.add_argument("--activation_checkpointing", action="store_true", help="recompute activations in backward")
     a.add_argument("--compile", action="store_true",
-                   help="torch.compile the decoder (the whole model for types other than llama and gpt2)")
+                   help="torch.compile the decoder (the whole model for types other than llama and gpt2; under "
+                        "--fsdp each decoder layer, before it is sharded)")
     a.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the ranks with FSDP2 (each decoder "
                         "layer, then the root), shards in the weights' dtype of --dtype; default: DDP")
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no_wandb", action="store_true", help="do not use wandb (same as WANDB_MODE=disabled)")
     e.add_argument("--single_cuda", action="store_true", help="one process, no DDP (the release's flag)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--dist_timeout_minutes", type=float, default=30.0,
+                   help="how long a collective waits for the other ranks before the run fails (torch's default, "
+                        "10, is shorter than rank 0 writing a 7B checkpoint while the others wait)")
     return p
 
 
@@ -188,7 +192,8 @@ _NUMBER_RULES = [
     ("target_eval_tokens", lambda v: v > 0, "positive"),
     ("eval_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     ("save_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
-    ("keep_last_checkpoints", lambda v: v >= 0, ">= 0 (0 = keep all)"), ("log_every", lambda v: v >= 1, ">= 1"),
+    ("keep_last_checkpoints", lambda v: v >= 0, ">= 0 (0 = keep all)"),
+    ("dist_timeout_minutes", lambda v: v > 0, "> 0"), ("log_every", lambda v: v >= 1, ">= 1"),
     ("eval_batch_size", lambda v: v is None or v > 0, "positive"),
     ("total_batch_size", lambda v: v is None or v > 0, "positive"),
     ("gradient_accumulation", lambda v: v is None or v >= 1, ">= 1"),
@@ -316,7 +321,6 @@ def validate(args, world_size: int = 1):
              "--overwrite starts a new run and --continue_from continues one; pass only one of them")
     _require(not args.fsdp or world_size > 1,
              "--fsdp shards over torchrun's ranks; launch with torchrun --nproc_per_node=N (N >= 2) or drop --fsdp")
-    _require(not (args.fsdp and args.compile), "--compile with --fsdp is not supported yet; drop one of them")
     _require(not args.eval_only or args.continue_from is not None,
              "--eval_only needs --continue_from <checkpoint folder> (the weights to evaluate)")
     if args.continue_from == "latest":

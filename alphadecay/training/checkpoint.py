@@ -10,9 +10,10 @@
     optimizer/           under FSDP2 only: the sharded optimizer state (torch.distributed.checkpoint), each
                          rank writing its own shard, instead of the optimizer entry of training_state.pt
 
-Under FSDP2 the model folder is still one full Hugging Face checkpoint (gathered to rank 0 on the CPU):
-evaluation tools and a resume without --fsdp need the whole model anyway, and it is the smaller part.
-The optimizer state (twice the parameters for Adam) is written sharded, so no rank ever holds all of it.
+Under FSDP2 the model folder is still one full Hugging Face checkpoint, written tensor by tensor
+(hf_shards: each gathered to rank 0, files of 2 GB with an index json, as save_pretrained shards), so no
+rank ever holds the whole model; a resume reads only each rank's rows. The optimizer state (twice the
+parameters for Adam) is written sharded through DCP.
 
 A checkpoint is written to a hidden temporary folder and renamed into place only when complete, so
 a process killed mid-save leaves the previous checkpoints intact and never a half-written one
@@ -30,11 +31,14 @@ import time
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
+from safetensors import safe_open
+from torch.distributed.tensor import Shard
 
 from ..distributed import has_sharded_params, is_sharded, local_part
 from ..errors import ConfigError, one_line, require_writable_folder
 from .export import clean_for_evaluation
+from .hf_shards import write_hf_shards
+from .meta_init import shard_row_range, shard_rows
 from .run_lock import LOCK_FILE
 
 STATE_FILE = "training_state.pt"
@@ -125,10 +129,17 @@ def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_stat
     final = os.path.join(path_dir, f"model_{step}")
     tmp = os.path.join(path_dir, f".tmp-model_{step}-{pid}")   # one name on every rank
     sharded = has_sharded_params(model)
-    weights = None
+    weights, weights_error = None, None
+    streamed = sharded and write_model is save_hf_model   # file by file: never the whole model on one rank
     if sharded:
-        weights = _full_weights(model)
+        # FSDP2 keeps the root's parameters gathered after a forward without backward (an evaluation); its
+        # state_dict pre-hooks put the sharded ones back, which the optimizer's state dict is keyed by.
+        model.state_dict()
         _save_sharded_optimizer(tmp, final, path_dir, model, optimizer, rank, world_size)
+        if streamed:
+            weights_error = write_hf_shards(model, tmp, rank=rank)
+        else:
+            weights = _full_weights(model)
         training_state = {**training_state, "optimizer_format": "dcp"}
     else:
         training_state = {**training_state, "optimizer": optimizer.state_dict()}
@@ -137,7 +148,10 @@ def save(path_dir: str, step: int, *, model, optimizer, tokenizer, training_stat
         if not sharded:
             shutil.rmtree(tmp, ignore_errors=True)
         try:
-            write_model(model, tmp, weights)
+            if weights_error is not None:
+                raise weights_error
+            if not streamed:
+                write_model(model, tmp, weights)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
                 clean_for_evaluation(tmp, vocab_size=model.config.vocab_size, max_length=tokenizer.model_max_length)
@@ -262,38 +276,49 @@ def check_format(path: str, state: dict, sharded: bool) -> None:
 
 
 def load_model_weights(model: torch.nn.Module, path: str) -> None:
+    """The *.safetensors of ``path`` into ``model``; a sharded parameter reads only this rank's rows."""
     files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     if not files:
         raise ConfigError(f"no model weights (*.safetensors) in {path!r}; pass a checkpoint folder written by this program")
-    weights = {}
+    where, shapes = {}, {}
     for f in files:
         try:
-            weights.update(load_file(os.path.join(path, f)))
+            handle = safe_open(os.path.join(path, f), framework="pt", device="cpu")
+            for k in handle.keys():
+                where[k], shapes[k] = (handle, f), tuple(handle.get_slice(k).get_shape())
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged header
-            raise ConfigError(f"the weights {os.path.join(path, f)!r} are damaged ({one_line(e, 150)}); resume from "
-                              f"an earlier checkpoint") from None
-    own = model.state_dict()
-    wrong = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-    unknown = [k for k in weights if k not in own]
+            raise _damaged_weights(path, f, e) from None
+    own = model.state_dict(keep_vars=True)
+    wrong = [k for k in where if k in own and tuple(own[k].shape) != shapes[k]]
+    unknown = [k for k in where if k not in own]
     if wrong or unknown:
         k = (wrong or unknown)[0]
-        got = tuple(weights[k].shape)
-        raise ConfigError(f"checkpoint {path!r} holds a different model ({k}: {got}"
+        raise ConfigError(f"checkpoint {path!r} holds a different model ({k}: {shapes[k]}"
                           f"{' vs ' + str(tuple(own[k].shape)) if k in own else ' unknown here'}); "
                           f"pass the --model_config it was trained with")
-    missing = set(own) - set(weights)
     # Tied weights (GPT-2's lm_head) are saved once; they are present through their twin.
-    loaded_ptrs = {local_part(own[k]).data_ptr() for k in weights}
-    really_missing = [k for k in missing if local_part(own[k]).data_ptr() not in loaded_ptrs]
+    loaded = {id(own[k]) for k in where}
+    really_missing = [k for k in own if id(own[k]) not in loaded]
     if really_missing:
         raise ConfigError(f"checkpoint {path!r} lacks {really_missing[0]}; pass the --model_config it was trained with")
     with torch.no_grad():
-        for k, v in weights.items():
-            if is_sharded(own[k]):   # this rank's piece of the full tensor every rank has read
-                from torch.distributed.tensor import distribute_tensor
-                v = distribute_tensor(v.to(own[k].dtype), own[k].device_mesh, own[k].placements,
-                                      src_data_rank=None).to_local()
-            local_part(own[k]).copy_(v)
+        for k, (handle, f) in where.items():
+            t = own[k]
+            try:
+                if is_sharded(t) and t.device_mesh.ndim == 1 and tuple(t.placements) == (Shard(0),):
+                    v = handle.get_slice(k)[slice(*shard_row_range(t))]
+                elif is_sharded(t):
+                    v = shard_rows(handle.get_tensor(k), t)
+                else:
+                    v = handle.get_tensor(k)
+            except Exception as e:  # noqa: BLE001 - a truncated file fails here, past its header
+                raise _damaged_weights(path, f, e) from None
+            local_part(t).copy_(v)
+
+
+def _damaged_weights(path: str, file: str, error: Exception) -> ConfigError:
+    return ConfigError(f"the weights {os.path.join(path, file)!r} are damaged ({one_line(error, 150)}); resume from "
+                       f"an earlier checkpoint")
 
 
 def _has_run(save_dir: str) -> bool:

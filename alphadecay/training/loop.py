@@ -38,7 +38,7 @@ from .evaluate import Evaluator
 from .flops import Throughput, training_flops_per_token
 from .logger import RunLogger, WandbSettings, progress_bar
 from .loss import NextTokenLoss
-from .model import build_model, count_params, vocab_guard
+from .model import build_model, build_model_on_meta, count_params, vocab_guard
 from .muon_flags import muon_options
 from .optim import build_optimizer, build_scheduler, strategy_from_args
 from .parallel import Parallelized, parallelize
@@ -50,7 +50,7 @@ from .runtime import StopSignal, process_group, setup, world_size_from_env
 
 def train(args, callbacks: Sequence[Callback] = ()) -> dict:
     """One training run (or one evaluation with ``--eval_only``) from validated flags (args.parse_args)."""
-    rt = setup(args.device)
+    rt = setup(args.device, timeout_minutes=args.dist_timeout_minutes)
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(process_group())       # destroyed last, on every exit path
         if not args.eval_only:   # one run per folder: a second launch into it fails here, before any work
@@ -79,9 +79,13 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             config = os.path.join(resume_from, "config.json")
         precision = resolve_precision(args.dtype, rt.device)
         # The weights are the master copy (bf16 in pure bfloat16, float32 otherwise), under DDP and FSDP2 alike.
-        model = build_model(config, dtype=precision.weights, device=rt.device,
-                            seed=args.seed, activation_checkpointing=args.activation_checkpointing,
-                            pad_token_id=tokenizer.pad_token_id)   # the release's configs say -1 for it
+        built = dict(dtype=precision.weights, seed=args.seed, activation_checkpointing=args.activation_checkpointing,
+                     pad_token_id=tokenizer.pad_token_id)   # the release's configs say -1 for it
+        deferred = None
+        if args.fsdp and not args.eval_only:   # no weights yet: each rank allocates only its shard, once sharded
+            model, deferred = build_model_on_meta(config, **built)
+        else:
+            model = build_model(config, device=rt.device, **built)
         guard_vocab = vocab_guard(model, tokenizer)
         evaluator.prepare()
         if args.eval_only:
@@ -92,6 +96,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         loss_fn = NextTokenLoss(model, autocast=precision.autocast_dtype(fsdp=args.fsdp))
         net = parallelize(loss_fn, world_size=rt.world_size, device=rt.device, compile=args.compile,
                           fsdp=args.fsdp, param_dtype=precision.fsdp_param_dtype())
+        if deferred is not None:   # build_model's weights, row by row (a resume's checkpoint brings its own)
+            deferred.materialize(loss_fn, model, rt.device, weights=resume_from is None)
         strategy = strategy_from_args(args, model)
         optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device,
                                     model=model, muon=muon_options(args))

@@ -105,6 +105,10 @@ class DeferredInit:
         buffer of ``model``. ``weights=False`` (a resume, whose checkpoint then overwrites every parameter):
         only the buffers, and nothing is drawn. Collective where a write reads back a sharded parameter."""
         root.to_empty(device=device)
+        if not weights:   # zeros, not whatever memory to_empty found, until the checkpoint is read
+            with torch.no_grad():
+                for p in model.parameters():
+                    local_part(p).zero_()
         for names in self.tied:   # to_empty gave each name its own tensor; FSDP2 keeps the first one's
             shared = model.get_parameter(names[0])
             for name in names[1:]:

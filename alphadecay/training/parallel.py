@@ -64,10 +64,10 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def _fully_shard(loss_fn: NextTokenLoss, *, device, compile: bool, param_dtype) -> Parallelized:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    if compile:
-        raise ConfigError("--compile with --fsdp is not supported yet; drop one of them")
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     for layer in decoder_layers(loss_fn.model):
+        if compile:   # each block compiled in place, then sharded (torchtitan's order): FSDP2's hooks stay
+            layer.compile()   # outside the compiled graph, and every block reuses one compiled code
         fully_shard(layer, mp_policy=policy)
     fully_shard(loss_fn, mp_policy=policy)
 
