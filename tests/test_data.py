@@ -182,7 +182,7 @@ def test_resume_on_an_arrow_builder_stream(tok, c4, monkeypatch):
     import alphadecay.training.data as data
 
     files = resolve_data_files(c4)
-    def arrow_stream(path, split):
+    def arrow_stream(path, split, hub=None):
         return datasets.load_dataset("json", data_files=files, split=split, streaming=True)
 
     monkeypatch.setattr(data, "load_documents", arrow_stream)

@@ -124,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local training text: a file, glob or folder of json/jsonl/json.gz/parquet/txt "
                         "(default: stream allenai/c4 'en' from the hub)")
     d.add_argument("--eval_dataset_path", default=None,
-                   help="local validation text (default: the hub's C4 validation split)")
+                   help="local validation text (default: the hub dataset's --eval_split)")
+    d.add_argument("--dataset_name", default="allenai/c4",
+                   help="hub dataset streamed without --dataset_path, e.g. HuggingFaceFW/fineweb")
+    d.add_argument("--dataset_config", default="en",
+                   help="its configuration, e.g. sample-10BT for FineWeb ('' for none)")
+    d.add_argument("--text_field", default="text", help="the hub dataset's column holding the documents")
+    d.add_argument("--eval_split", default="validation",
+                   help="the hub split evaluated without --eval_dataset_path; 'train' holds out the train split's "
+                        "first shard for validation and trains on the others (FineWeb has only a train split)")
     d.add_argument("--tokenizer", default="t5-base", help="tokenizer: a hub name or a local folder")
     d.add_argument("--packing", action="store_true",
                    help="concatenate documents into full sequences (default: truncate and pad each, as the paper)")
@@ -287,6 +295,9 @@ def _check_data_paths(args) -> None:
                 resolve_data_files(getattr(args, flag))
             except ConfigError as e:
                 raise ConfigError(f"--{flag}: {e}") from None
+    for flag in ("dataset_name", "text_field", "eval_split"):
+        _require(bool(str(getattr(args, flag)).strip()), f"--{flag} is empty; pass a hub dataset name, column or split "
+                 f"(defaults: allenai/c4, text, validation)")
 
 
 def validate(args, world_size: int = 1):

@@ -47,7 +47,7 @@ from datasets.distributed import split_dataset_by_node
 from ..errors import ConfigError, one_line
 from . import workers
 from .encode import encode_rows
-from .text_sources import HUB_DATASET, _hub_unreachable, load_documents, resolve_data_files
+from .text_sources import HUB_DATASET, HubSource, _hub_unreachable, load_documents, resolve_data_files
 
 __all__ = ["load_tokenizer", "resolve_data_files", "load_documents", "TrainBatches", "ResumableLoader",
            "make_train_loader"]
@@ -200,11 +200,11 @@ class TrainBatches(torch.utils.data.IterableDataset):
     Batches also carry the bookkeeping keys ``_stream``/``_stream_state`` (stripped by :func:`make_train_loader`).
     Iterate it through :func:`make_train_loader` with the same ``num_workers``; iterated directly (in-process) it
     interleaves its streams exactly like the loader's workers would and tracks its own :meth:`state_dict`.
-    ``path=None`` streams the hub's C4 split ``split``.
+    ``path=None`` streams split ``split`` of ``hub`` (default: the hub's C4).
     """
 
     def __init__(self, path, tokenizer, *, batch_size, max_length, rank=0, world_size=1, num_workers=0,
-                 packing=False, shuffle_seed=42, split="train", shuffle_buffer=1000):
+                 packing=False, shuffle_seed=42, split="train", shuffle_buffer=1000, hub=HubSource()):
         _check_positive(batch_size=batch_size, max_length=max_length, shuffle_buffer=shuffle_buffer)
         _check_rank(rank, world_size)
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -219,8 +219,8 @@ class TrainBatches(torch.utils.data.IterableDataset):
         self.num_streams = max(1, num_workers)
         self.shuffle_seed, self.shuffle_buffer = int(shuffle_seed), shuffle_buffer
         self.from_hub = path is None
-        self.source_name = f"'{path}'" if path is not None else f"the hub's {HUB_DATASET[0]} '{split}' split"
-        self.documents = load_documents(path, split)
+        self.source_name = f"'{path}'" if path is not None else hub.describe(split)
+        self.documents = load_documents(path, split, hub)
         self.num_shards = self.documents.num_shards
         self.strategy = "shards" if self.num_shards >= world_size * self.num_streams else "examples"
         self._progress = self._fresh_state()

@@ -8,17 +8,18 @@ import torch
 from .data import _check_positive, _check_rank, _usable, logger
 from .encode import encode_rows
 from ..errors import ConfigError
-from .text_sources import HUB_DATASET, load_documents
+from .text_sources import HubSource, load_documents
 
 EVAL_SEED = 42     # the paper's val_data.shuffle(seed=42)
 _EVAL_CACHE: dict = {}  # one entry: the batches of the last complete evaluation pass
 
 
-def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens, rank=0, world_size=1, cache=True):
+def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens, rank=0, world_size=1, cache=True,
+                 hub=HubSource()):
     """This rank's evaluation batches ``{"input_ids", "attention_mask"}`` (truncated and padded to ``max_length``).
 
-    Every rank reads the same validation stream (``path``, or the hub's C4 ``validation`` split when ``path`` is
-    None) shuffled like the paper's ``val_data.shuffle(seed=42)`` (datasets' buffered shuffle; nothing here needs
+    Every rank reads the same validation stream (``path``, or ``hub``'s validation stream, by default the hub's
+    C4 ``validation`` split, when ``path`` is None) shuffled like the paper's ``val_data.shuffle(seed=42)`` (datasets' buffered shuffle; nothing here needs
     resuming), cuts it into batches of ``batch_size`` usable documents and keeps batches in order until their non-pad
     tokens reach ``target_eval_tokens``, the crossing batch included (the last batch may be smaller if the data runs
     out first). Rank ``r`` gets the batches whose index is ``r`` modulo ``world_size``, so the set of batches does not
@@ -30,12 +31,12 @@ def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens,
     """
     _check_positive(batch_size=batch_size, max_length=max_length)
     _check_rank(rank, world_size)
-    key = (str(path), id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer), batch_size,
+    key = (str(path), hub if path is None else None, id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer), batch_size,
            max_length, target_eval_tokens, rank, world_size)
     if cache and key in _EVAL_CACHE:
         return ({"input_ids": ids.long(), "attention_mask": mask.long()} for ids, mask in _EVAL_CACHE[key])
-    where = f"'{path}'" if path is not None else f"the hub's {HUB_DATASET[0]} validation split"
-    documents = load_documents(path, "validation").shuffle(seed=EVAL_SEED)
+    where = f"'{path}'" if path is not None else hub.describe("validation")
+    documents = load_documents(path, "validation", hub).shuffle(seed=EVAL_SEED)
     batches = _eval_batches(documents, where, tokenizer, batch_size, max_length, target_eval_tokens, rank, world_size)
     return _cached(batches, key) if cache else batches
 

@@ -28,8 +28,8 @@ class Evaluator:
     """
 
     def __init__(self, path: str | None, tokenizer, *, batch_size: int, max_length: int, target_tokens: int,
-                 rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu")):
-        self.path, self.tokenizer = path, tokenizer
+                 rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"), hub=None):
+        self.path, self.tokenizer, self.hub = path, tokenizer, hub
         self.batch_size, self.max_length, self.target_tokens = batch_size, max_length, target_tokens
         self.rank, self.world_size, self.device = rank, world_size, device
 
@@ -44,7 +44,8 @@ class Evaluator:
 
     def _batches(self):
         return eval_batches(self.path, self.tokenizer, batch_size=self.batch_size, max_length=self.max_length,
-                            target_eval_tokens=self.target_tokens, rank=self.rank, world_size=self.world_size)
+                            target_eval_tokens=self.target_tokens, rank=self.rank, world_size=self.world_size,
+                            **({"hub": self.hub} if self.hub is not None else {}))
 
     def _agreed(self, batches):
         """This rank's batches, then None, for as long as any rank still has a batch. Collective."""

@@ -46,6 +46,7 @@ from .precision import resolve_precision
 from . import resume
 from .run_lock import RunLock
 from .runtime import StopSignal, process_group, setup, world_size_from_env
+from .text_sources import HubSource
 
 
 def train(args, callbacks: Sequence[Callback] = ()) -> dict:
@@ -68,7 +69,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             changed = resume.compare(resume_from, checkpointer.load(resume_from), args)
         evaluator = Evaluator(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
                               max_length=args.max_length, target_tokens=args.target_eval_tokens,
-                              rank=rt.rank, world_size=rt.world_size, device=rt.device)
+                              rank=rt.rank, world_size=rt.world_size, device=rt.device,
+                              hub=HubSource.from_args(args))
 
         # 1. The model (for --eval_only, the checkpoint's own config.json).
         config = args.model_config
@@ -105,7 +107,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                                     warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
         loader = on_exit.enter_context(make_train_loader(
             TrainBatches(args.dataset_path, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                         rank=rt.rank, world_size=rt.world_size, num_workers=args.workers, packing=args.packing),
+                         rank=rt.rank, world_size=rt.world_size, num_workers=args.workers, packing=args.packing,
+                         hub=HubSource.from_args(args)),
             args.workers))
 
         # 3. Decays from the initial weights (the paper's start), or the whole state from a checkpoint.

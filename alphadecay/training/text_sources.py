@@ -1,4 +1,8 @@
-"""Where training and evaluation documents come from: local files or the Hugging Face hub copy of C4.
+"""Where training and evaluation documents come from: local files or a Hugging Face hub dataset (C4 by default).
+
+A hub dataset is named by :class:`HubSource` (``--dataset_name``, ``--dataset_config``, ``--text_field``,
+``--eval_split``). One without a validation split (FineWeb) is evaluated with ``--eval_split train``: the train
+split's first shard (its first data file) is then the validation stream and training reads the other shards.
 
 Local data is a file, a glob or a folder of ``*.json``/``*.jsonl`` (JSON lines, or one JSON array per file),
 ``*.parquet`` and ``*.txt`` (one document per line) files, optionally gzip-compressed (``.gz``, except parquet).
@@ -23,6 +27,7 @@ import os
 import socket
 import urllib.parse
 import zlib
+from dataclasses import dataclass
 
 import datasets
 
@@ -37,6 +42,31 @@ _GLOB_CHARS = ("*", "?", "[")
 _FIX = f"pass a file, folder or glob of {'/'.join(DATA_SUFFIXES)} files"
 _LOCAL_FIX = "pass --dataset_path/--eval_dataset_path with local C4 files (e.g. a folder of c4-*.json.gz)"
 HUB_PROBE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """The hub dataset streamed when no local path is given; the defaults are the paper's C4."""
+    name: str = HUB_DATASET[0]
+    config: str | None = HUB_DATASET[1]
+    text_field: str = "text"
+    eval_split: str = "validation"
+
+    @classmethod
+    def from_args(cls, args) -> "HubSource":
+        return cls(args.dataset_name, args.dataset_config or None, args.text_field, args.eval_split)
+
+    def describe(self, split: str) -> str:
+        config = f" '{self.config}'" if self.config else ""
+        return f"the hub dataset {self.name}{config} split '{self._hub_split(split)}'"
+
+    def _hub_split(self, split: str) -> str:
+        return self.eval_split if split == "validation" else split
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether validation is the train split's first shard (and training reads the others)."""
+        return self.eval_split == "train"
 
 
 def _is_data_file(path: str) -> bool:
@@ -75,27 +105,49 @@ def resolve_data_files(path: str) -> list[str]:
     raise ConfigError(f"the dataset path '{path}' does not exist; {_FIX}")
 
 
-def load_documents(path: str | None, split: str) -> datasets.IterableDataset:
+def load_documents(path: str | None, split: str, hub: HubSource = HubSource()) -> datasets.IterableDataset:
     """A streaming ``IterableDataset`` of documents; only its ``text`` column matters.
 
-    ``path=None`` streams the hub's ``allenai/c4`` ``en`` split ``split`` (1024 train / 8 validation shards);
-    if the hub cannot be reached the :class:`ConfigError` says to pass local files instead. Otherwise ``path``
-    goes through :func:`resolve_data_files` and each file becomes one shard, so shuffling and splitting across
-    ranks and workers operate on whole files; ``split`` is then ignored (the files are the split). Local records
+    ``path=None`` streams ``hub`` (default: ``allenai/c4`` ``en``, 1024 train / 8 validation shards): ``split``
+    "validation" reads ``hub.eval_split``, any other split itself. With ``hub.eval_split == "train"`` validation is
+    the train split's shard 0 and ``split`` "train" the remaining shards, so the two never share a document. A
+    ``hub.text_field`` other than ``text`` is renamed to ``text``. If the hub cannot be reached the
+    :class:`ConfigError` says to pass local files instead. Otherwise ``path`` goes through
+    :func:`resolve_data_files` and each file becomes one shard, so shuffling and splitting across ranks and
+    workers operate on whole files; ``split`` and ``hub`` are then ignored (the files are the split). Local records
     also carry ``undecodable`` (True for a document that is not valid UTF-8, whose ``text`` is then empty).
     """
     if path is None:
-        unreachable = _hub_unreachable()
-        where = f"the hub dataset {HUB_DATASET[0]} '{HUB_DATASET[1]}' split '{split}'"
-        if unreachable:
-            raise ConfigError(f"cannot stream {where}: {unreachable}; {_LOCAL_FIX}")
-        try:
-            return datasets.load_dataset(*HUB_DATASET, split=split, streaming=True)
-        except Exception as error:  # noqa: BLE001 - any failure here means "the hub copy is unusable"
-            raise ConfigError(f"could not open {where} ({type(error).__name__}: {one_line(error)}); "
-                              f"{_LOCAL_FIX}") from None
+        return _hub_documents(hub, split)
     files = resolve_data_files(path)
     return datasets.IterableDataset.from_generator(_read_documents, features=FEATURES, gen_kwargs={"files": files})
+
+
+def _hub_documents(hub: HubSource, split: str) -> datasets.IterableDataset:
+    where = hub.describe(split)
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise ConfigError(f"cannot stream {where}: {unreachable}; {_LOCAL_FIX}")
+    try:
+        documents = datasets.load_dataset(hub.name, hub.config, split=hub._hub_split(split), streaming=True)
+    except Exception as error:  # noqa: BLE001 - any failure here means "the hub copy is unusable"
+        raise ConfigError(f"could not open {where} ({type(error).__name__}: {one_line(error)}); "
+                          f"{_LOCAL_FIX}") from None
+    names = documents.column_names   # None when the stream does not declare its features
+    if names is not None and hub.text_field not in names:
+        raise ConfigError(f"{where} has no '{hub.text_field}' field (it has {', '.join(names)}); pass the column "
+                          f"holding the documents as --text_field")
+    if hub.text_field != "text":
+        documents = documents.rename_column(hub.text_field, "text")
+    if hub.holds_out:
+        shards = documents.num_shards
+        if shards < 2:
+            raise ConfigError(f"--eval_split train holds out the first shard of {where} for validation, but it has "
+                              f"{shards}; pass --eval_split with a real validation split or --eval_dataset_path")
+        if split == "validation":
+            return documents.shard(num_shards=shards, index=0)
+        return datasets.concatenate_datasets([documents.shard(num_shards=shards, index=i) for i in range(1, shards)])
+    return documents
 
 
 def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
