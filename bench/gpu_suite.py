@@ -1,6 +1,7 @@
 """What only a GPU can show, in one command (bench/gpu_suite.sh runs it): CUDA tests, training throughput,
 MFU and peak memory per size with and without torch.compile, the ESD pass per size (ours vs the release's
-per-matrix loop), and a short Uniform vs AlphaDecay run. Results: OUT/gpu_suite.json and OUT/gpu_suite.md,
+per-matrix loop), a short Uniform vs AlphaDecay run, and the same short run in --dtype bfloat16 against
+bf16-mixed (final perplexity and step time). Results: OUT/gpu_suite.json and OUT/gpu_suite.md,
 with the device, the versions and the commands.
 
 SMOKE=1 (or --smoke) runs every part on the CPU at toy sizes: the CUDA tests on the CPU, compile with the
@@ -98,36 +99,70 @@ def part_esd(sizes: str) -> dict:
     return run([sys.executable, "bench/esd.py", "--sizes", sizes, "--repeat", "1"])
 
 
-def part_comparison(smoke: bool, out: Path) -> dict:
-    """Uniform vs AlphaDecay: same seed, same data, same schedule; the local C4 sample (ALPHADECAY_DATA_DIR)."""
+def _local_c4() -> tuple[Path, Path] | str:
+    """(data folder, C4 folder), or why the training parts cannot run."""
     data = Path(os.environ.get("ALPHADECAY_DATA_DIR", REPO.parent / "shared" / "data"))
     c4 = data / "c4" / "en"
     if not any(c4.glob("*.json.gz")):
-        return {"error": f"no local C4 sample under {c4}: set ALPHADECAY_DATA_DIR (carry it to the GPU machine)"}
+        return f"no local C4 sample under {c4}: set ALPHADECAY_DATA_DIR (carry it to the GPU machine)"
     try:
         import datasets  # noqa: F401
     except ImportError:
-        return {"error": "the training loop needs 'datasets': carry its wheels (bench/gpu_suite.sh --help)"}
+        return "the training loop needs 'datasets': carry its wheels (bench/gpu_suite.sh --help)"
+    return data, c4
+
+
+def _train(save: Path, model: str, steps: int, micro: int, length: int, flags: list[str]) -> dict:
+    """One short AdamW 0.1 run of the loop on the local C4 sample (seed 5): its command, time and records."""
+    data, c4 = _local_c4()
+    cmd = [sys.executable, "torchrun_main.py", "--model_config", f"configs/{model}.json", "--optimizer", "adamw",
+           "--weight_decay", "0.1", "--lr", "1e-3", "--batch_size", str(micro), "--total_batch_size", str(micro),
+           "--max_length", str(length), "--num_training_steps", str(steps), "--warmup_steps", str(steps // 10),
+           "--eval_every", "0", "--save_every", "0", "--target_eval_tokens", "100000", "--workers", "2",
+           "--packing", "--seed", "5", "--no_wandb", "--overwrite", "--save_dir", str(save),
+           "--dataset_path", str(c4 / "c4-dev.00000-of-00002.json.gz"),
+           "--eval_dataset_path", str(c4 / "c4-dev.00001-of-00002.json.gz"),
+           "--tokenizer", str(data / "tokenizers" / "t5-base"), *flags]
+    done = run(cmd, {"WANDB_MODE": "disabled"})
+    records = []
+    if (save / "metrics.jsonl").exists():
+        records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines() if line]
+    final = next((r for r in records if r["type"] == "final"), None)
+    train = [r for r in records if r["type"] == "train"]
+    return {"rc": done["rc"], "seconds": done["seconds"], "command": done["command"],
+            "eval_ppl": final and final["eval_ppl"], "train": train, "tail": done["tail"] if done["rc"] else ""}
+
+
+def part_comparison(smoke: bool, out: Path) -> dict:
+    """Uniform vs AlphaDecay: same seed, same data, same schedule; the local C4 sample (ALPHADECAY_DATA_DIR)."""
+    problem = _local_c4()
+    if isinstance(problem, str):
+        return {"error": problem}
     model, steps, micro, length = ("llama_9m", 10, 4, 64) if smoke else ("llama_60m", 300, 64, 256)
     results = {}
     for method, flags in {"uniform": [], "alphadecay": ["--use_modulewise_wd", "--alpha_positively_with_WD",
                                                         "--unbalancedWD_every", str(max(steps // 10, 1))]}.items():
-        save = out / f"compare-{method}"
-        cmd = [sys.executable, "torchrun_main.py", "--model_config", f"configs/{model}.json", "--optimizer", "adamw",
-               "--weight_decay", "0.1", "--lr", "1e-3", "--batch_size", str(micro), "--total_batch_size", str(micro),
-               "--max_length", str(length), "--num_training_steps", str(steps), "--warmup_steps", str(steps // 10),
-               "--eval_every", "0", "--save_every", "0", "--target_eval_tokens", "100000", "--workers", "2",
-               "--packing", "--seed", "5", "--no_wandb", "--overwrite", "--save_dir", str(save),
-               "--dataset_path", str(c4 / "c4-dev.00000-of-00002.json.gz"),
-               "--eval_dataset_path", str(c4 / "c4-dev.00001-of-00002.json.gz"),
-               "--tokenizer", str(data / "tokenizers" / "t5-base"), *flags]
-        done = run(cmd, {"WANDB_MODE": "disabled"})
-        final = None
-        if (save / "metrics.jsonl").exists():
-            records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines() if line]
-            final = next((r for r in records if r["type"] == "final"), None)
-        results[method] = {"rc": done["rc"], "seconds": done["seconds"], "command": done["command"],
-                           "eval_ppl": final and final["eval_ppl"], "tail": done["tail"] if done["rc"] else ""}
+        result = _train(out / f"compare-{method}", model, steps, micro, length, flags)
+        del result["train"]
+        results[method] = result
+    return results
+
+
+def part_precision(smoke: bool, out: Path) -> dict:
+    """--dtype bfloat16 (pure bf16 weights and Adam moments) vs bf16-mixed (float32 master copies, bf16
+    autocast): the same short Uniform AdamW run; final validation perplexity, last loss, median step time."""
+    problem = _local_c4()
+    if isinstance(problem, str):
+        return {"error": problem}
+    model, steps, micro, length = ("llama_9m", 4, 2, 32) if smoke else ("llama_60m", 300, 64, 256)
+    # A CPU without bf16 units runs bf16 matmuls some 20 times slower than float32: a small evaluation in SMOKE.
+    evaluation = ["--target_eval_tokens", "2000"] if smoke else []
+    results = {}
+    for dtype in ("bfloat16", "bf16-mixed"):
+        result = _train(out / f"precision-{dtype}", model, steps, micro, length, ["--dtype", dtype, *evaluation])
+        rates = [r["throughput_tokens"] for r in result.pop("train")[1:] if r.get("throughput_tokens")]
+        result["step_s"] = round(micro * length / median(rates), 4) if rates else None
+        results[dtype] = result
     return results
 
 
@@ -145,6 +180,9 @@ def markdown(summary: dict) -> str:
               "Uniform vs AlphaDecay (AdamW 0.1, seed 5):", ""]
     for method, r in summary["comparison"].items():
         lines.append(f"- {method}: {r if isinstance(r, str) else r.get('eval_ppl')}")
+    lines += ["", "Precision (Uniform AdamW 0.1, seed 5): --dtype, final val. ppl, s per update (median):", ""]
+    for dtype, r in summary.get("precision", {}).items():
+        lines.append(f"- {dtype}: " + (r if isinstance(r, str) else f"{r.get('eval_ppl')}, {r.get('step_s')}"))
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +190,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", default=os.environ.get("SMOKE") == "1")
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench" / "out" / "gpu_suite"))
-    p.add_argument("--parts", default="tests,throughput,esd,comparison")
+    p.add_argument("--parts", default="tests,throughput,esd,comparison,precision")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +203,7 @@ def main() -> int:
                + (" (SMOKE=1)" if args.smoke else ""), "smoke": args.smoke, "torch": torch.__version__,
                "transformers": transformers.__version__,
                "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "machine": machine(device),
-               "tests": {}, "throughput": [], "esd": {}, "comparison": {}}
+               "tests": {}, "throughput": [], "esd": {}, "comparison": {}, "precision": {}}
     parts = args.parts.split(",")
     failed = []
     for part in parts:
@@ -185,6 +223,10 @@ def main() -> int:
                 summary["comparison"] = part_comparison(args.smoke, out)
                 bad = "error" in summary["comparison"] or any(r["rc"] for r in summary["comparison"].values())
                 failed += ["comparison"] if bad else []
+            elif part == "precision":
+                summary["precision"] = part_precision(args.smoke, out)
+                bad = "error" in summary["precision"] or any(r["rc"] for r in summary["precision"].values())
+                failed += ["precision"] if bad else []
         except Exception as error:  # noqa: BLE001 - one part failing must not lose the others' figures
             summary[part] = {"error": f"{type(error).__name__}: {error}"}
             failed.append(part)

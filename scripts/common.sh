@@ -205,6 +205,7 @@ ad_run() {
     # shellcheck disable=SC2207
     cmd+=($(ad_method_flags "$method" "$decay" "$rmin" "$rmax" "$every"))
     local dtype="$DTYPE"
+    # The paper's tables ran pure bf16 (weights and Adam moments); the trainer's own GPU default is bf16-mixed.
     [[ -z "$dtype" && $ngpus -gt 0 ]] && dtype=bfloat16
     [[ -n "$dtype" ]] && cmd+=(--dtype "$dtype")
     [[ -n "$WORKERS" ]] && cmd+=(--workers "$WORKERS")

@@ -88,19 +88,22 @@ def test_loss_bench_variants_agree_on_the_loss(tmp_path, c4_dir, t5_dir):
 
 def test_gpu_suite_smoke_runs_every_part_on_cpu(tmp_path):
     """SMOKE=1 bash bench/gpu_suite.sh: the CUDA tests on the CPU, throughput with and without compile, the
-    ESD pass, the Uniform vs AlphaDecay runs; a JSON and a Markdown summary."""
+    ESD pass, the Uniform vs AlphaDecay runs, bfloat16 vs bf16-mixed; a JSON and a Markdown summary."""
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path), "ALPHADECAY_DATA_DIR": str(DATA_DIR),
            "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     summary = json.loads((tmp_path / "gpu_suite.json").read_text())
-    assert summary["smoke"] and summary["tests"]["rc"] == 0 and "5 passed" in summary["tests"]["summary"]
+    assert summary["smoke"] and summary["tests"]["rc"] == 0 and "6 passed" in summary["tests"]["summary"]
     assert [r["compile"] for r in summary["throughput"]] == [False, True]
     assert all(r["tokens_per_s"] > 0 for r in summary["throughput"])
     esd = json.loads(summary["esd"]["tail"].strip().splitlines()[-1])
     assert esd["size"] == "60m" and esd["max_rel_alpha_diff"] < 1e-4
     assert all(math.isfinite(summary["comparison"][m]["eval_ppl"]) for m in ("uniform", "alphadecay"))
+    for dtype in ("bfloat16", "bf16-mixed"):
+        assert math.isfinite(summary["precision"][dtype]["eval_ppl"]) and summary["precision"][dtype]["step_s"] > 0
+        assert f"--dtype {dtype}" in summary["precision"][dtype]["command"]
     assert "| llama_9m | 4 x 64 |" in (tmp_path / "gpu_suite.md").read_text()
 
 

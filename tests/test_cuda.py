@@ -1,4 +1,4 @@
-"""The accelerator paths: bf16 weights and autocast-free bf16 compute, fused AdamW, SDPA, torch.compile, a
+"""The accelerator paths: bf16 weights and autocast-free bf16 compute, bf16-mixed (autocast), fused AdamW, SDPA, torch.compile, a
 one-rank process group (NCCL on CUDA), FSDP2 with bf16 mixed precision.
 
 They run on CUDA (bench/gpu_suite.sh runs them there) and skip without it; ``ALPHADECAY_TEST_DEVICE=cpu``
@@ -55,6 +55,22 @@ def test_pure_low_precision_training_with_fused_adamw(dtype):
     losses = train_steps(NextTokenLoss(model), optimizer)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert all(p.dtype == dtype and p.device.type == DEVICE.type for p in model.parameters())
+
+
+def test_bf16_mixed_float32_master_weights_under_autocast_with_fused_adamw():
+    """--dtype bf16-mixed under DDP: float32 weights, gradients and Adam moments, bf16 matmuls (autocast)."""
+    from alphadecay.training.precision import resolve_precision
+
+    precision = resolve_precision("bf16-mixed", DEVICE)
+    model = tiny_llama().to(DEVICE, precision.weights)
+    optimizer = build_optimizer("adamw", [{"params": list(model.parameters())}], lr=1e-3, device=DEVICE)
+    loss_fn = NextTokenLoss(model, autocast=precision.autocast_dtype(fsdp=False))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        assert model.model.layers[0].mlp.up_proj(torch.ones(1, 64, device=DEVICE)).dtype == torch.bfloat16
+    losses = train_steps(loss_fn, optimizer)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    state = next(iter(optimizer.state.values()))
+    assert state["exp_avg_sq"].dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_fused_loss_equals_transformers_loss_in_bf16():
