@@ -226,3 +226,38 @@ class LLR:
         self.ramp_from = None if state["ramp_from"] < 0 else int(state["ramp_from"])
         self.ramp = {n: (float(a), float(b)) for n, (a, b) in state["ramp"].items()}
         self.last_step = None if state["last_step"] < 0 else int(state["last_step"])
+
+
+# The LLR paper's "Sharpness" baseline (its section 7 table): AdamW with fixed per-type multipliers of a base lr.
+SHARPNESS_RATIOS = {"q": 8.0, "k": 8.0, "v": 4.0, "o": 4.0, "gate": 6.0, "up": 6.0, "down": 6.0, "embed": 10.0}
+
+
+class FixedRatioLR(LLR):
+    """LLR's groups with fixed bases ``ratios[module_type] * lr`` and no spectrum: the LLR paper's Sharpness baseline.
+
+    ``ratios`` maps :func:`alphadecay.analysis.module_type` names (and ``embed`` for the embeddings and the output
+    layer) to multipliers; the rest (norms) and any unlisted type stay at ``lr``. One assignment, at the start; every
+    group then follows ``b_i * S(t)``.
+    """
+    name = "sharpness"
+
+    def __init__(self, model: nn.Module, lr: float, *, total_steps: int,
+                 schedule: Callable[[int], float] | None = None, ratios: dict[str, float] | None = None,
+                 distributed: bool = True):
+        super().__init__(model, lr, total_steps=total_steps, schedule=schedule, distributed=distributed)
+        self.ratios = dict(SHARPNESS_RATIOS if ratios is None else ratios)
+        bad = {k: v for k, v in self.ratios.items() if not (v > 0 and math.isfinite(v))}
+        if bad:
+            raise ValueError(f"fixed lr ratios must be positive, got {bad}")
+        self._score_linears = []   # no ESD: Combined and score_modules read nothing
+
+    def due(self, step: int) -> bool:
+        return self.last_step is None
+
+    def reassign(self, step: int, scores: dict | None = None) -> Assignment:
+        from .analysis import module_type
+        kind = lambda n: "embed" if n in self.explicit else module_type(n)  # noqa: E731
+        self.bases = {n: self.ratios.get(kind(n), 1.0) * self.lr for n, _ in self.modules}
+        self.ramp_from, self.ramp, self.last_step = None, {}, step
+        self.last = Assignment(step, {}, {}, {}, "alpha", module_lr=dict(self.bases))
+        return self.last

@@ -6,14 +6,16 @@ import argparse
 from ..assign import ASSIGN_FUNCS
 from ..errors import ConfigError
 
-LR_STRATEGIES = ("uniform", "llr")
+LR_STRATEGIES = ("uniform", "llr", "sharpness")
 
 
 def add_lr_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("learning rate per module (LLR, He et al., ICML 2026)")
     g.add_argument("--lr_strategy", default=None, choices=LR_STRATEGIES,
                    help="uniform: every group at --lr x the schedule; llr: per-module base LRs from alpha, x the "
-                        "schedule (combines with every --strategy); derived from --use_modulewise_lr when omitted")
+                        "schedule (combines with every --strategy); sharpness: the LLR paper's fixed-ratio baseline "
+                        "(q/k x8, v/o x4, MLP x6, embeddings/head x10, norms x1 of --lr); derived from "
+                        "--use_modulewise_lr when omitted")
     g.add_argument("--use_modulewise_lr", action="store_true",
                    help="LLR: a learning rate per linear module and per embedding (the release's switch); without "
                         "it every group follows --lr")

@@ -8,7 +8,7 @@ import torch
 
 from ..combined import Combined
 from ..errors import ConfigError, one_line
-from ..llr import LLR
+from ..llr import LLR, FixedRatioLR
 from ..muon import MuonWithAdamW, split_muon_groups
 from ..strategies import DecayStrategy, build_strategy
 
@@ -28,11 +28,15 @@ def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy | Combined
                       positive=args.alpha_positively_with_WD, eigs_thresh=args.eigs_thresh,
                       remove_first_layer=args.remove_first_layer, remove_last_layer=args.remove_last_layer)
     decay = build_strategy(args.strategy, model, args.weight_decay, **common)
-    if getattr(args, "lr_strategy", "uniform") != "llr":
+    lr_strategy = getattr(args, "lr_strategy", "uniform")
+    if lr_strategy not in ("llr", "sharpness"):
         return decay
+    schedule = lr_schedule(args.scheduler, total=args.num_training_steps, warmup=args.warmup_steps,
+                           min_ratio=args.min_lr_ratio)
+    if lr_strategy == "sharpness":
+        return Combined(decay, FixedRatioLR(model, args.lr, total_steps=args.num_training_steps, schedule=schedule))
     llr = LLR(model, args.lr, total_steps=args.num_training_steps,
-              schedule=lr_schedule(args.scheduler, total=args.num_training_steps, warmup=args.warmup_steps,
-                                   min_ratio=args.min_lr_ratio),
+              schedule=schedule,
               lr_min_ratio=args.lr_min_ratio, lr_max_ratio=args.lr_max_ratio, update_every=args.unbalancedlr_every,
               linear_steps=args.linear_steps, llr_ratio=args.LLR_ratio, assign_func=args.lr_assign_func,
               positive=args.alpha_positively_with_lr, eigs_thresh=args.eigs_thresh, analysis=common["analysis"])

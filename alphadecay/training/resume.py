@@ -108,7 +108,7 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
               f"are taken as they are", file=sys.stderr)
         return {}
     old, new = saved["args"], vars(args)
-    per_group_lrs = getattr(args, "lr_strategy", None) == "llr" or args.optimizer == "muon"
+    per_group_lrs = getattr(args, "lr_strategy", None) in ("llr", "sharpness") or args.optimizer == "muon"
     may_change = MAY_CHANGE - _FIXED_UNDER_LLR if per_group_lrs else MAY_CHANGE
     for flag in sorted(set(old) & set(new) - may_change - NOT_COMPARED):
         if old[flag] != new[flag]:
