@@ -177,6 +177,8 @@ ad_run() {
        [[ ( "$method" == alphadecay || "$method" == adadecay ) && "$every" != 500 ]]; then
         name+="-every${every}"
     fi
+    # AD_NAME_TAG (set by a caller) tells apart runs that share model, optimizer, method and decay (LLR's table).
+    [[ -n "${AD_NAME_TAG:-}" ]] && name+="-${AD_NAME_TAG}"
     name+="-s${seed}"
     local save_dir="$OUT/$table/$name"
 

@@ -303,8 +303,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", help="folders searched recursively for metrics.jsonl (or .jsonl files)")
-    p.add_argument("--table", default="auto", choices=["auto", "all", "2", "12", "11", "5", "3", "4", "vit"],
-                   help="which table(s) to print (default auto: every pretraining table that has runs); 3: the "
+    p.add_argument("--table", default="auto", choices=["auto", "all", "2", "12", "11", "5", "3", "4", "vit", "llr"],
+                   help="which table(s) to print (default auto: every pretraining table that has runs); llr: the "
+                        "LLR paper's table from scripts/llr_fineweb (its runs are in no other table); 3: the "
                         "zero-shot table from the zero_shot.json files of scripts/table3_zero_shot; 4: GLUE "
                         "(scripts/table4_glue); vit: the ViT-tiny row of Table 5 (scripts/table5_vit_tiny)")
     p.add_argument("--paper", default=DEFAULT_PAPER, help="the paper's tables.json ('' for none)")
@@ -333,6 +334,16 @@ def main(argv=None) -> int:
         print(f"no pretraining runs (metrics.jsonl) under {', '.join(args.folders)}; GLUE and ViT runs: --table 4, "
               f"--table vit", file=sys.stderr)
         return 1
+    import llr_table
+    if args.table == "llr":
+        mine = [r for r in runs if r.key is not None and llr_table.is_llr_run(r)]
+        if not mine:
+            print(f"no LLR-table runs (--lr_strategy llr/sharpness or tag {llr_table.TAG}) under "
+                  f"{', '.join(args.folders)}", file=sys.stderr)
+            return 1
+        print(llr_table.render(mine, paper, args.digits) + f"\n\n{len(mine)} run(s) read. {paper_note}.")
+        return 0
+    runs = [r for r in runs if not llr_table.is_llr_run(r)]   # LLR's own table has them (--table llr)
     tables = build_tables(runs, args.table, args.main_every)
     out = []
     for t in tables:
