@@ -1,6 +1,7 @@
 """Zero-shot evaluation of checkpoints with lm-evaluation-harness (the paper's Table 3); one JSON per checkpoint.
 
     python scripts/table3_zero_shot/evaluate.py CKPT [CKPT ...]              # the paper's seven tasks
+    python scripts/table3_zero_shot/evaluate.py CKPT --task_set llr          # the LLR paper's seven (SIQA, no BoolQ)
     python scripts/table3_zero_shot/evaluate.py CKPT --include_path TASKS --tasks smoke_piqa:piqa,...
 
 Each checkpoint folder gets ``zero_shot.json``: the lm-eval version, the model arguments (defaults but
@@ -20,12 +21,24 @@ import sys
 import alphadecay  # noqa: F401,E402 - before lm_eval imports transformers: a mismatched torchvision (_torchvision.py)
 
 PAPER_TASKS = ("arc_challenge", "arc_easy", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq")
+# The LLR paper's zero-shot list (He et al., ICML 2026; LLR.md section 7): OBQA, Winogrande, ARC-c, ARC-e,
+# HellaSwag, SIQA (lm-eval's social_iqa), PIQA.
+LLR_TASKS = ("openbookqa", "winogrande", "arc_challenge", "arc_easy", "hellaswag", "social_iqa", "piqa")
+TASK_SETS = {"alphadecay": PAPER_TASKS, "llr": LLR_TASKS}
+
+
+def task_pairs(tasks: str | None, task_set: str) -> list[tuple[str, str]]:
+    """(lm-eval task, the name its scores are filed under): --tasks when given, else the task set's."""
+    spec = tasks if tasks is not None else ",".join(TASK_SETS[task_set])
+    return [tuple(t.split(":", 1)) if ":" in t else (t, t) for t in spec.split(",") if t]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="Hugging Face model folders (<save_dir>/model_<step>)")
-    p.add_argument("--tasks", default=",".join(PAPER_TASKS), help="comma-separated NAME or NAME:PAPER_TASK")
+    p.add_argument("--tasks", default=None, help="comma-separated NAME or NAME:PAPER_TASK (default: --task_set's)")
+    p.add_argument("--task_set", default="alphadecay", choices=sorted(TASK_SETS),
+                   help="alphadecay: the AlphaDecay paper's Table 3 tasks (with BoolQ); llr: the LLR paper's (with SIQA)")
     p.add_argument("--include_path", default=None, help="folder of extra lm-eval task YAML files")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default="auto", help="model dtype for lm-eval (auto: the checkpoint's)")
@@ -40,7 +53,7 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    pairs = [t.split(":", 1) if ":" in t else (t, t) for t in args.tasks.split(",") if t]
+    pairs = task_pairs(args.tasks, args.task_set)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     manager = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
     for checkpoint in args.checkpoints:

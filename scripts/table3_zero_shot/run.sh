@@ -6,14 +6,15 @@
 #   bash scripts/table3_zero_shot/run.sh runs/x/model_100000 runs/y/model_100000     # any checkpoints
 #   SMOKE=1 bash scripts/table3_zero_shot/run.sh               # offline, toy scale: tiny runs, stand-in tasks
 #
-# Variables: OUT (runs), SEED_GLOB (s5: which Table 2 runs), DEVICE, DTYPE (auto), BATCH (auto), LIMIT.
+# Variables: OUT (runs), SEED_GLOB (s5: which Table 2 runs), DEVICE, DTYPE (auto), BATCH (auto), LIMIT,
+# TASK_SET (alphadecay: this paper's tasks; llr: the LLR paper's, with SIQA, e.g. for scripts/llr_fineweb's 1B runs).
 # Each checkpoint gets zero_shot.json; table.py prints the table with the paper's rows.
 # Without internet on the compute nodes: run once where the hub is reachable, with the same HF_HOME
 # (lm-eval downloads each task's dataset into the datasets cache), then use HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-: "${OUT:=$REPO/runs}" "${SEED_GLOB:=s5}" "${DTYPE:=auto}" "${BATCH:=auto}" "${LIMIT:=}"
+: "${OUT:=$REPO/runs}" "${SEED_GLOB:=s5}" "${DTYPE:=auto}" "${BATCH:=auto}" "${LIMIT:=}" "${TASK_SET:=alphadecay}"
 PYTHON="${PYTHON:-python3}"
 python_has() { "$PYTHON" -c "import $1" 2>/dev/null; }
 python_has lm_eval || { echo "error: lm-eval is not installed; pip install -e '.[eval]' (lm-eval==0.4.13)" >&2; exit 2; }
@@ -77,7 +78,7 @@ if (( ${#checkpoints[@]} == 0 )); then
     done
 fi
 (( ${#checkpoints[@]} )) || { echo "error: no checkpoints given and none under $OUT/table2_adam/llama_1b-*-$SEED_GLOB; pass model folders" >&2; exit 2; }
-"$PYTHON" "$HERE/evaluate.py" "${checkpoints[@]}" --dtype "$DTYPE" --batch_size "$BATCH" "${extra[@]}"
+"$PYTHON" "$HERE/evaluate.py" "${checkpoints[@]}" --dtype "$DTYPE" --batch_size "$BATCH" --task_set "$TASK_SET" "${extra[@]}"
 folders=()
 for c in "${checkpoints[@]}"; do folders+=("$(dirname "$c")"); done
 "$PYTHON" "$HERE/table.py" "${folders[@]}"
