@@ -1,0 +1,29 @@
+"""Smoke test of bench/muon_step.py at toy size: both figures as JSON rows with positive, finite ratios."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+        "num_attention_heads": 2, "num_hidden_layers": 2, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+        "initializer_range": 0.02, "max_position_embeddings": 64, "vocab_size": 256, "bos_token_id": 0,
+        "eos_token_id": 1, "pad_token_id": 0, "tie_word_embeddings": False, "use_cache": False}
+
+
+def test_muon_bench_prints_its_ratios(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "muon_step.py"), "--model_config", str(config),
+                           "--steps", "1", "--repeat", "1", "--strategy_steps", "1", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert rows == json.loads(out.read_text())
+    assert [r["bench"] for r in rows] == ["muon_vs_adamw_step", "muon_alphadecay_every_step_vs_uniform"]
+    for r, key in zip(rows, ("ratio_muon_over_adamw", "ratio_alphadecay_over_uniform")):
+        assert math.isfinite(r[key]) and r[key] > 0 and r["model"] == "tiny"
