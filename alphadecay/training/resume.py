@@ -12,8 +12,8 @@ May change (``MAY_CHANGE``):
   of ``assign`` is proportional to the base decay; AWD's running average too), ``--unbalancedWD_every``,
   ``--alpha_every``, ``--grad_clipping``, ``--on_nonfinite``;
 - cadence and bookkeeping: evaluation, checkpoints, logging, wandb names, ``--save_dir`` (a run continued
-  in another folder), ``--device``, ``--compile``, ``--activation_checkpointing``, ``--model_config`` (another
-  file describing the same model: compared key by key with the checkpoint's).
+  in another folder), ``--device``, ``--dist_timeout_minutes``, ``--compile``, ``--activation_checkpointing``,
+  ``--model_config`` (another file describing the same model: compared key by key with the checkpoint's).
 Under ``--lr_strategy llr`` or ``--optimizer muon`` the lr is fixed too (LLR's per-module base lrs come from it and
 are checkpointed; Muon's groups may have their own ``--muon_lr``).
 Not compared (``NOT_COMPARED``): how this launch starts, and the release's switches that ``--strategy`` and
@@ -35,7 +35,7 @@ MAY_CHANGE = frozenset(SCHEDULE + (
     "weight_decay", "unbalancedWD_every", "alpha_every", "grad_clipping", "on_nonfinite",
     "eval_every", "target_eval_tokens", "eval_batch_size", "eval_dataset_path", "save_every", "save_dir",
     "keep_last_checkpoints", "log_every", "wandb_name", "wandb_project", "name", "tags", "no_wandb",
-    "device", "compile", "activation_checkpointing", "model_config",
+    "device", "compile", "activation_checkpointing", "model_config", "dist_timeout_minutes",
     "use_hf_model", "batchnorm", "batchnorm_type"))   # the last three: accepted for the release's scripts only
 # LLR's per-module base learning rates are assigned from --lr and checkpointed, and Muon's groups may run at
 # their own --muon_lr: one new/old ratio for every group would be wrong there, so another --lr is another run.
