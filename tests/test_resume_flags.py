@@ -172,3 +172,15 @@ def test_under_llr_the_lr_is_fixed_and_a_new_weight_decay_reaches_the_decay_poli
     resume.apply(changed, optimizer=optimizer, scheduler=None, strategy=strategy)
     after = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
     assert after == pytest.approx({n: 3 * d for n, d in before.items()}, rel=1e-12) and len(after) > 5
+
+
+def test_the_same_data_through_another_path_is_not_a_change(tmp_path, finished, capsys):
+    """A resume launched from elsewhere names the same files another way (a link, another working directory): it resumes."""
+    run = copy(finished, tmp_path)
+    link = tmp_path / "data-link"
+    link.symlink_to(DATA_DIR)
+    argv = tiny_run_flags(run, steps=3, continue_from="latest", **BASE) + data_flags(link)
+    assert run_main(argv) == 0
+    assert [r["step"] for r in records(run, "train")][-1] == 3
+    assert not resume._same_value("dataset_path", str(DATA_DIR / "a.json"), str(DATA_DIR / "b.json"))
+    assert not resume._same_value("seed", 1, 2)

@@ -111,7 +111,7 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
     per_group_lrs = getattr(args, "lr_strategy", None) in ("llr", "sharpness") or args.optimizer == "muon"
     may_change = MAY_CHANGE - _FIXED_UNDER_LLR if per_group_lrs else MAY_CHANGE
     for flag in sorted(set(old) & set(new) - may_change - NOT_COMPARED):
-        if old[flag] != new[flag]:
+        if not _same_value(flag, old[flag], new[flag]):
             raise ConfigError(f"--{flag} cannot change on resume: checkpoint {path!r} was trained with "
                               f"{_describe(flag, old[flag])}, this run has {_describe(flag, new[flag])}; "
                               f"{_fix(flag, old[flag])}, or start a new run in another --save_dir")
@@ -121,6 +121,18 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
         raise ConfigError(f"--num_training_steps {args.num_training_steps} is below checkpoint {path!r}'s update "
                           f"{step}; pass at least {step} (the schedule's length counts the updates already done)")
     return {f: [old[f], new[f]] for f in sorted(set(old) & set(new) & may_change) if old[f] != new[f]}
+
+
+# Flags naming a file or folder: the same place spelled another way (another working directory, a '..') is the same.
+PATHS = frozenset(("dataset_path", "eval_dataset_path", "tokenizer"))
+
+
+def _same_value(flag: str, before, now) -> bool:
+    if before == now:
+        return True
+    if flag in PATHS and isinstance(before, str) and isinstance(now, str):
+        return os.path.realpath(before) == os.path.realpath(now)
+    return False
 
 
 def _same_model(path: str, saved: dict, args) -> None:
