@@ -90,22 +90,24 @@ def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
         local = weight.to_local().detach()
         padded = local.new_zeros((rows, *weight.shape[1:]))
         padded[:local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in range(world)] if me == target else None
-        dist.gather(padded, parts, group=group, group_dst=target)
-        return torch.cat(parts)[:weight.shape[0]] if parts is not None else None
+        # Received straight into one tensor (row blocks are contiguous views): no second copy to concatenate.
+        full = padded.new_empty((rows * world, *weight.shape[1:])) if me == target else None
+        dist.gather(padded, list(full.chunk(world)) if full is not None else None, group=group, group_dst=target)
+        return full[:weight.shape[0]] if full is not None else None
     full = weight.detach().full_tensor()
     return full if dist.get_rank() == dst else None
 
 
 def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], weights: Sequence[torch.Tensor],
                         costs: Sequence[float], width: int, *, group=None,
-                        budget_bytes: int = 256 << 20) -> torch.Tensor:
+                        budget_bytes: int = 64 << 20) -> torch.Tensor:
     """``sharded_rows`` for sharded weights: ``compute(full matrices)`` on each module's owner rank.
 
     Every rank walks the modules in the same order, gathering each to its owner; an owner analyses its
     gathered matrices once they exceed ``budget_bytes`` (and at the end), so the extra memory per rank is at
-    most ``budget_bytes`` plus one matrix. With one rank, or weights that are not sharded, every matrix is
-    analysed where it is.
+    most ``budget_bytes`` plus one matrix. 64 MB bounds the ESD's share of an FSDP2 start (bench/memory_table.py
+    --measure); a large model's matrices keep a GPU busy one or two at a time. With one rank, or weights that are
+    not sharded, every matrix is analysed where it is.
     """
     rank, world = active_world(group)
     n = len(weights)

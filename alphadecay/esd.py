@@ -100,9 +100,12 @@ def eigenvalues(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32)
             grams = torch.empty(len(chunk), size, size, dtype=dtype, device=device)
             finite = []
             for shape_pos in _same_shape_runs(chunk, weights):
-                stack = torch.stack([weights[chunk[p]].detach().to(dtype) for p in shape_pos])
+                # One matrix is used where it is (no copy: a gathered 1B output layer is 262 MB).
+                stack = (weights[chunk[shape_pos[0]]].detach().to(dtype)[None] if len(shape_pos) == 1 else
+                         torch.stack([weights[chunk[p]].detach().to(dtype) for p in shape_pos]))
                 ok = torch.isfinite(stack).flatten(1).all(1)
-                stack = torch.where(ok[:, None, None], stack, torch.zeros((), dtype=dtype, device=device))
+                if not ok.all():
+                    stack = stack.masked_fill(~ok[:, None, None], 0)
                 grams[shape_pos[0]:shape_pos[-1] + 1] = _gram(stack)
                 finite += ok.tolist()
             eigs = _solve_eigvalsh(grams).clamp_min(0)
