@@ -64,10 +64,10 @@ def test_release_130m_has_our_130m_architecture(tmp_path):
 
 
 def test_release_file_trains_offline(tmp_path, c4_dir, t5_dir, capsys):
-    """The release's keys, shrunk sizes: a couple of real updates, and a checkpoint in transformers' names."""
+    """The release's llama_60m.json as written (keys, values, sizes): real updates, and a checkpoint in
+    transformers' names."""
     path = tmp_path / "llama_60m.json"
-    path.write_text(json.dumps(release_config("llama_60m", hidden_size=64, intermediate_size=172,
-                                              num_attention_heads=4, num_hidden_layers=2)))
+    path.write_text(json.dumps(release_config("llama_60m")))
     save = tmp_path / "run"
     assert run_main(tiny_run_flags(save, steps=2, model_config=path, save_every=2) + data_flags(DATA_DIR)) == 0
     assert "pad_token_id -1 (the release's) is the tokenizer's pad, id 0" in capsys.readouterr().out
