@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from alphadecay.training import checkpoint
 from conftest import DATA_DIR, REPO
@@ -108,7 +109,7 @@ def test_nan_skip_mode_skips_the_update(tmp_path):
     final = records(tmp_path, "final")[0]
     assert final["skipped_updates"] == 1 and final["step"] == 5
     assert all(r["loss"] is not None for r in records(tmp_path, "train"))
-    w = checkpoint.load_file(str(tmp_path / "model_5" / "model.safetensors"))
+    w = load_file(str(tmp_path / "model_5" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in w.values())
 
 

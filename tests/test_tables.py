@@ -259,12 +259,22 @@ def test_downstream_tables_average_seeds_and_show_the_paper(tmp_path):
 
 
 def test_paper_values_come_from_the_repository(tmp_path):
-    """A copy of scripts/ with no shared/ folder anywhere above it prints the paper's numbers (its own
-    paper_tables.json, the numbers of He et al. 2025), for the pretraining tables and Table 3."""
+    """A copy of scripts/ prints the paper's numbers from its own paper_tables.json (He et al. 2025), for the
+    pretraining tables and Table 3: a decoy ../shared/paper/tables.json beside the copy, every number in it
+    ten times the paper's, must not be read (a user's clone has no shared/; this machine may have one anywhere)."""
     import shutil
     scripts = tmp_path / "repo" / "scripts"
     shutil.copytree(REPO / "scripts", scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    assert not any((parent / "shared").exists() for parent in scripts.parents)
+
+    def tenfold(x):
+        if isinstance(x, dict):
+            return {k: tenfold(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [tenfold(v) for v in x]
+        return x * 10 if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+    decoy = tmp_path / "shared" / "paper" / "tables.json"
+    decoy.parent.mkdir(parents=True)
+    decoy.write_text(json.dumps(tenfold(json.loads((scripts / "paper_tables.json").read_text()))))
     assert "He et al. 2025" in json.loads((scripts / "paper_tables.json").read_text())["_source"]
     env = {k: v for k, v in _env().items() if k != "ALPHADECAY_PAPER_TABLES"}
     env["PYTHONPATH"] = str(REPO)          # the package, not the tables
