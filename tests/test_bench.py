@@ -95,7 +95,7 @@ def test_gpu_suite_smoke_runs_every_part_on_cpu(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     summary = json.loads((tmp_path / "gpu_suite.json").read_text())
-    assert summary["smoke"] and summary["tests"]["rc"] == 0 and "6 passed" in summary["tests"]["summary"]
+    assert summary["smoke"] and summary["tests"]["rc"] == 0 and _all_passed(summary["tests"]["summary"])
     assert [r["compile"] for r in summary["throughput"]] == [False, True]
     assert all(r["tokens_per_s"] > 0 for r in summary["throughput"])
     esd = json.loads(summary["esd"]["tail"].strip().splitlines()[-1])
@@ -115,3 +115,10 @@ def test_gpu_suite_without_cuda_says_so():
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh")], cwd=REPO, capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k != "SMOKE"}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no CUDA device" in proc.stderr
+
+
+
+def _all_passed(summary: str) -> bool:
+    """pytest's closing line of the suite's CUDA tests run on the CPU: every one passed, none skipped or failed."""
+    import re
+    return re.fullmatch(r"[1-9]\d* passed in [\d.]+s( \(\d+:\d+:\d+\))?", summary) is not None
