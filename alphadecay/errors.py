@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 class ConfigError(ValueError):
@@ -12,6 +13,12 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (its type name when it has none), at most ``limit`` characters."""
     line = " ".join(str(error).split()).rstrip(".") or type(error).__name__
     return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr in one write: ranks sharing a pipe under torchrun cannot interleave it."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
 
 
 class NonFiniteError(RuntimeError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ConfigError
+from ..errors import ConfigError, print_error
 
 TOOLS = {"analyze": ("alphadecay.cli.analyze", "per-module ESD analysis of a model and the decays AlphaDecay "
                                                "would assign"),
@@ -36,7 +36,7 @@ def run_tool(main, argv=None) -> int:
     try:
         return main(argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
 
 

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from ..errors import ConfigError, NonFiniteError
+from ..errors import ConfigError, NonFiniteError, print_error
 
 
 class ImageLoss(torch.nn.Module):
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     try:
         return run_tool(lambda a: _run_cli(train, parse_args(a)), argv)
     except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 1
 
 

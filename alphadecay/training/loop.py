@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import is_sharded
-from ..errors import ConfigError, NonFiniteError, one_line
+from ..errors import ConfigError, NonFiniteError, one_line, print_error
 from .args import parse_args
 from .callbacks import Callback, TrainState
 from .checkpoint import Checkpointer, load_model_weights
@@ -326,17 +326,16 @@ def main(argv=None, callbacks: Sequence[Callback] = ()) -> int:
         train(args, callbacks)
         return 0
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 2
     except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(str(e))
         return 1
     except RuntimeError as e:
         if not _peer_failed(e):
             raise
         # A peer rank failed first and printed its traceback; this rank only lost its connection.
-        print(f"error: rank {os.environ.get('RANK', '?')} stopped because another rank failed "
-              f"({one_line(e, 200)})", file=sys.stderr)
+        print_error(f"rank {os.environ.get('RANK', '?')} stopped because another rank failed ({one_line(e, 200)})")
         return 1
 
 
