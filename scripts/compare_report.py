@@ -19,8 +19,17 @@ from collections import defaultdict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from alphadecay.metrics import read_metrics  # noqa: E402
 
-METHODS = ("none", "uniform", "alphadecay")
-LABEL = {"none": "WD=0", "uniform": "Uniform", "alphadecay": "AlphaDecay"}
+METHODS = ("none", "uniform", "alphadecay", "uniform+llr", "alphadecay+llr")
+LABEL = {"none": "WD=0", "uniform": "Uniform", "alphadecay": "AlphaDecay", "uniform+llr": "LLR",
+         "alphadecay+llr": "AlphaDecay + LLR"}
+# (a, b): a − b is reported whenever both have runs; the LLR pairs come from GRID=llr.
+PAIRS = (("alphadecay", "uniform"), ("uniform", "none"), ("alphadecay", "none"), ("uniform+llr", "uniform"),
+         ("alphadecay+llr", "uniform"), ("alphadecay+llr", "alphadecay"), ("alphadecay+llr", "uniform+llr"))
+
+
+def method_of(config: dict) -> str:
+    """The decay strategy, with ``+llr`` when LLR set the learning rates (older logs have no lr_strategy)."""
+    return config["strategy"] + ("+llr" if config.get("lr_strategy") == "llr" else "")
 
 
 def collect(folder: str) -> dict:
@@ -37,7 +46,7 @@ def collect(folder: str) -> dict:
         if a["strategy"] == "none":
             zero[a["seed"]] = final["eval_ppl"]
         else:
-            runs[(a["optimizer"], a["weight_decay"])][a["strategy"]][a["seed"]] = final["eval_ppl"]
+            runs[(a["optimizer"], a["weight_decay"])][method_of(a)][a["seed"]] = final["eval_ppl"]
     for cell in runs.values():
         cell["none"] = dict(zero)
     return runs, logs
@@ -67,7 +76,7 @@ def report(runs: dict) -> str:
             v = list(by_seed.values())
             lines.append(f"| {opt} | {decay:g} | {LABEL[method]} | {len(v)} | {statistics.mean(v):.3f} ± {sd(v):.3f} | "
                          + ", ".join(f"s{s}: {p:.3f}" for s, p in sorted(by_seed.items())) + " |")
-        for a, b in (("alphadecay", "uniform"), ("uniform", "none"), ("alphadecay", "none")):
+        for a, b in PAIRS:
             seeds = sorted(set(cell.get(a, {})) & set(cell.get(b, {})))
             if not seeds:
                 continue

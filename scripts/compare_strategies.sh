@@ -6,6 +6,9 @@
 #   bash scripts/compare_strategies.sh            # 15 runs on the local C4 sample, then the report
 #   MODEL=llama_20m STEPS=5000 bash scripts/compare_strategies.sh     # larger
 #   REPORT_ONLY=1 bash scripts/compare_strategies.sh                 # just the report of what has finished
+#   GRID=llr bash scripts/compare_strategies.sh     # AdamW 0.1: Uniform, LLR, AlphaDecay, AlphaDecay + LLR (12 runs)
+#   GRID=llr ONLY=' llr ' bash scripts/compare_strategies.sh     # only the runs whose spec matches the regex
+#                     (a spec is "optimizer decay method lr-strategy seed", e.g. "adamw 0.1 alphadecay llr 5")
 #
 # Grid: AdamW with decay 0.1 (the paper's largest effect, Table 12) and Adam with coupled decay 1e-5
 # (Table 2), each Uniform and AlphaDecay, plus WD=0 (the same run for both: with no decay Adam and AdamW are
@@ -36,23 +39,43 @@ export EXTRA_ARGS="${EXTRA_ARGS:---packing}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}" TOKENIZERS_PARALLELISM=false
 source "$REPO/scripts/common.sh"
 
-# (optimizer decay method seed) for every run; WD=0 once per seed
+# (optimizer decay method lr-strategy seed) for every run
+: "${GRID:=decay}"
 specs=()
-for seed in $SEEDS; do
-    specs+=("adamw 0 wd0 $seed")
-    for od in "adamw 0.1" "adam 1e-5"; do
-        for method in uniform alphadecay; do specs+=("$od $method $seed"); done
-    done
-done
+case "$GRID" in
+    decay)   # WD=0 once per seed; AdamW 0.1 and Adam 1e-5, Uniform and AlphaDecay
+        for seed in $SEEDS; do
+            specs+=("adamw 0 wd0 uniform $seed")
+            for od in "adamw 0.1" "adam 1e-5"; do
+                for method in uniform alphadecay; do specs+=("$od $method uniform $seed"); done
+            done
+        done ;;
+    llr)     # AdamW 0.1: Uniform, LLR, AlphaDecay, AlphaDecay + LLR (12 runs)
+        for seed in $SEEDS; do
+            for method in uniform alphadecay; do
+                for lrs in uniform llr; do specs+=("adamw 0.1 $method $lrs $seed"); done
+            done
+        done ;;
+    *) echo "error: GRID=$GRID is not one of decay llr" >&2; exit 2 ;;
+esac
+# LLR as the release runs it (LLR.md 6): tb_linear_map from 1 to 5 x the Uniform lr, every 100 updates, a 50-update
+# ramp, within the first 20% of training (absolute counts, as in the release: 1,000 updates see 3 assignments).
+LLR_FLAGS=(--lr_strategy llr --alpha_positively_with_lr --lr_min_ratio 1 --lr_max_ratio 5 --lr_assign_func tb_linear_map
+           --unbalancedlr_every 100 --linear_steps 50 --LLR_ratio 0.2)
 
 lane() {   # lane INDEX: runs INDEX, INDEX + PARALLEL, ...
     local i
     for (( i = $1; i < ${#specs[@]}; i += PARALLEL )); do
-        read -r opt decay method seed <<< "${specs[$i]}"
+        [[ -n "${ONLY:-}" && ! " ${specs[$i]} " =~ $ONLY ]] && continue
+        read -r opt decay method lrs seed <<< "${specs[$i]}"
         # The release's AlphaDecay ratios: AdamW (0.6666, 5); Adam at 1e-5 (0.6666, 3).
         if [[ "$opt" == adamw ]]; then ratios="0.6666 5"; else ratios="0.6666 3"; fi
         read -r rmin rmax <<< "$ratios"
-        ad_run compare "$MODEL" "$opt" "$method" "$decay" "$seed" "$EVERY" "$rmin" "$rmax"
+        if [[ "$lrs" == llr ]]; then
+            AD_NAME_TAG=llr ad_run compare "$MODEL" "$opt" "$method" "$decay" "$seed" "$EVERY" "$rmin" "$rmax" "${LLR_FLAGS[@]}"
+        else
+            ad_run compare "$MODEL" "$opt" "$method" "$decay" "$seed" "$EVERY" "$rmin" "$rmax"
+        fi
     done
 }
 

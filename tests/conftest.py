@@ -6,6 +6,11 @@ import torch
 
 import alphadecay  # noqa: F401 - first: a torchvision built for another torch must not break transformers (_torchvision.py)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (-n auto): torch's own threads and the training subprocesses' would oversubscribe them.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ALPHADECAY_DATA_DIR", REPO.parent / "shared" / "data"))
 

@@ -35,5 +35,6 @@ def test_readme_paths_exist():
 
 def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
-    assert "pip install -r requirements-dev.txt && python -m pytest -q tests" in README
-    assert "-r requirements-dev.txt" in ci and "pytest -q tests" in ci
+    command = "pytest -q -n auto --dist worksteal tests"
+    assert f"pip install -r requirements-dev.txt && python -m {command}" in README
+    assert "-r requirements-dev.txt" in ci and command in ci
