@@ -78,8 +78,10 @@ def local_part(tensor: torch.Tensor) -> torch.Tensor:
 def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
     """The whole of a sharded ``weight`` on global rank ``dst`` (None on other ranks). Collective.
 
-    FSDP2's row sharding (``Shard(0)`` on a 1-D mesh, ``torch.chunk`` sizes) is gathered to ``dst`` alone,
-    rows padded to equal size; any other layout goes through ``full_tensor`` (an all-gather).
+    FSDP2's row sharding (``Shard(0)`` on a 1-D mesh, ``torch.chunk`` sizes) is sent to ``dst`` alone, each
+    rank's rows received straight into their rows of the one output tensor: no padded copies and no flat
+    receive buffer (gloo's ``gather`` stages the whole matrix once more, 262 MB for a 1B output layer).
+    Any other layout goes through ``full_tensor`` (an all-gather).
     """
     mesh = weight.device_mesh
     if mesh.ndim == 1 and tuple(weight.placements) == (Shard(0),):
@@ -87,13 +89,23 @@ def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
         world, me = dist.get_world_size(group), dist.get_rank(group)
         target = dist.get_group_rank(group, dst)
         rows = -(-weight.shape[0] // world)
+        count = [max(0, min(rows, weight.shape[0] - r * rows)) for r in range(world)]
         local = weight.to_local().detach()
-        padded = local.new_zeros((rows, *weight.shape[1:]))
-        padded[:local.shape[0]] = local
-        # Received straight into one tensor (row blocks are contiguous views): no second copy to concatenate.
-        full = padded.new_empty((rows * world, *weight.shape[1:])) if me == target else None
-        dist.gather(padded, list(full.chunk(world)) if full is not None else None, group=group, group_dst=target)
-        return full[:weight.shape[0]] if full is not None else None
+        if local.shape[0] != count[me]:
+            raise RuntimeError(f"full_on: rank {me} holds {local.shape[0]} rows of a {tuple(weight.shape)} "
+                               f"weight, torch.chunk would give it {count[me]}")
+        if me != target:
+            if count[me]:
+                dist.batch_isend_irecv([dist.P2POp(dist.isend, local.contiguous(), group=group,
+                                                   group_peer=target)])[0].wait()
+            return None
+        full = local.new_empty(tuple(weight.shape))
+        full[me * rows:me * rows + count[me]] = local
+        ops = [dist.P2POp(dist.irecv, full[r * rows:r * rows + count[r]], group=group, group_peer=r)
+               for r in range(world) if r != me and count[r]]
+        for work in dist.batch_isend_irecv(ops) if ops else []:
+            work.wait()
+        return full
     full = weight.detach().full_tensor()
     return full if dist.get_rank() == dst else None
 

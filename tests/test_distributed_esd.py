@@ -1,4 +1,5 @@
 """Two CPU ranks (gloo) apply bit-identical decays even when their replicas differ by round-off."""
+import os
 import json
 import subprocess
 import sys
@@ -21,3 +22,12 @@ def test_two_ranks_agree_bit_for_bit(tmp_path):
     single = {n: s["alpha"] for n, s in alphadecay.analyze(tiny_llama(layers=3)).items()}
     same = sum(single[n] == r0["analyze"][n] for n in single)
     assert 0 < same < len(single)
+
+
+def test_full_on_assembles_uneven_and_empty_row_shards_on_one_rank():
+    """Each rank's rows go straight into the owner's output (point-to-point), whatever torch.chunk gave it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(REPO / "tests" / "dist" / "full_on.py")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.count("OK []") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
