@@ -128,14 +128,14 @@ def dtype_report(runs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(logs: dict, out: str) -> list[str]:
-    """Per-type mean alpha and the decay range of the AlphaDecay runs over training."""
+def plot(logs: dict, out: str) -> list[str] | None:
+    """Per-type mean alpha and the decay range of the AlphaDecay runs over training (None without matplotlib)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return []
+        return None
     made = []
     for optimizer in ("adamw", "adam"):
         chosen = [log for log in logs.values() if log.config["strategy"] == "alphadecay"
@@ -197,9 +197,10 @@ def main():
     text = report(runs)
     plots = plot(logs, out)
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(text + "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots))
+        f.write(text + "".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots or []))
     print(text)
-    print("plots: " + ", ".join(plots) if plots else "plots: none (matplotlib missing)")
+    print("plots: " + (", ".join(plots) if plots else "none (no AlphaDecay run yet)") if plots is not None
+          else "plots: none (matplotlib missing)")
     return 0
 
 
