@@ -30,6 +30,7 @@ import torch.nn as nn
 from .distributed import is_sharded
 from .esd import linear_modules
 from .llr import output_layer_name
+from .muon_fsdp import ShardedMuon
 
 ADJUST_LR_FNS = ("match_rms_adamw", "original")
 
@@ -68,6 +69,25 @@ def split_muon_groups(param_groups: list[dict], model: nn.Module) -> tuple[list[
     return muon, adamw
 
 
+class _States(ChainMap):
+    """Both halves' states. A parameter's entry is read from (or, as torch's defaultdict does, created in) the half
+    that holds it: ChainMap's own lookup through a defaultdict would add an empty entry to the first half for
+    every AdamW parameter read."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        super().__init__(*(opt.state for opt in optimizers))
+        self._optimizers = optimizers
+
+    def __getitem__(self, param):
+        for opt in self._optimizers:
+            if param in opt.state:
+                return opt.state[param]
+        for opt in self._optimizers:
+            if any(param is p for g in opt.param_groups for p in g["params"]):
+                return opt.state[param]
+        raise KeyError(param)
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
     """``torch.optim.Muon`` over ``muon_groups`` and ``torch.optim.AdamW`` over ``adamw_groups``, one Optimizer.
 
@@ -90,16 +110,17 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if any(is_sharded(p) for g in muon_groups for p in g["params"]):
-            # torch's Newton-Schulz on a DTensor row shard orthogonalises the shard, not the matrix.
-            raise ValueError("Muon on sharded (FSDP2/DTensor) parameters is not supported: it would orthogonalise "
-                             "each shard instead of the matrix")
         self.lr_ratio = 1.0 if muon_lr is None else float(muon_lr) / float(lr)
-        self.muon = torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                                     adjust_lr_fn=adjust_lr_fn)
+        # Under FSDP2 torch's Newton-Schulz would orthogonalise each rank's row shard: ShardedMuon gathers each
+        # matrix's update to one rank instead (same state and groups as torch's Muon).
+        sharded = any(is_sharded(p) for g in muon_groups for p in g["params"])
+        self.muon = (ShardedMuon if sharded else torch.optim.Muon)(
+            muon_groups, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, **(adamw_options or {})) if adamw_groups else None
         super().__init__(self._groups(), defaults={})
         self._sync()
+        for opt in self.optimizers:   # a load into either half (DCP's set_optimizer_state_dict) re-points ours
+            opt.register_load_state_dict_post_hook(lambda _: self._sync())
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -111,7 +132,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def _sync(self) -> None:
         # The inner optimizers' load_state_dict replaces their group dicts and state: point at the new ones.
         self.param_groups = self._groups()
-        self.state = ChainMap(*(opt.state for opt in self.optimizers))
+        self.state = _States(self.optimizers)
 
     @torch.no_grad()
     def step(self, closure=None):

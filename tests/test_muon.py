@@ -166,13 +166,31 @@ def _flags(*extra):
     (["--muon_lr=-1e-3"], 1, "--muon_lr must be positive"),
     (["--muon_momentum", "1"], 1, "--muon_momentum must be in [0, 1)"),
     (["--muon_ns_steps", "0"], 1, "--muon_ns_steps must be in [1, 99]"),
-    (["--fsdp"], 2, "does not support --fsdp yet"),
+    (["--fsdp", "--muon_momentum", "1"], 2, "--muon_momentum must be in [0, 1)"),
 ])
 def test_bad_muon_flags_are_one_line(extra, world, message, monkeypatch):
     monkeypatch.chdir(alphadecay.__file__.rsplit("/alphadecay/", 1)[0])
     with pytest.raises(ConfigError) as e:
         parse_args(_flags(*extra), world_size=world)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_muon_with_fsdp_parses(monkeypatch):
+    """--optimizer muon --fsdp is a run (ShardedMuon, tests/test_muon_fsdp.py), no longer a refusal."""
+    monkeypatch.chdir(alphadecay.__file__.rsplit("/alphadecay/", 1)[0])
+    args = parse_args(_flags("--fsdp"), world_size=2)
+    assert args.fsdp and args.optimizer == "muon"
+
+
+def test_state_lookup_stays_in_the_half_that_holds_the_parameter():
+    model = tiny_llama()
+    opt = build_optimizer("muon", alphadecay.Uniform(model, 0.1).param_groups(), lr=1e-3, device=CPU, model=model)
+    update(model, opt, alphadecay.Uniform(model, 0.1), 0)
+    embedding = model.model.embed_tokens.weight
+    assert set(opt.state[embedding]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert len(opt.muon.state) == len(hidden_matrices(model)) and embedding not in opt.muon.state
+    with pytest.raises(KeyError):
+        opt.state[torch.nn.Parameter(torch.zeros(2))]
 
 
 def test_muon_lr_without_muon_and_unknown_adjust_fn(monkeypatch, capsys):

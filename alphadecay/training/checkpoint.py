@@ -192,7 +192,7 @@ def _save_sharded_optimizer(tmp, final, path_dir, model, optimizer, rank, world_
     if world_size > 1:
         dist.barrier()
     try:
-        dcp.save({"optimizer": get_optimizer_state_dict(model, optimizer)},
+        dcp.save({"optimizer": get_optimizer_state_dict(model, _dcp_optimizers(optimizer))},
                  checkpoint_id=os.path.join(tmp, OPTIMIZER_DIR))
     except Exception as e:   # noqa: BLE001 - DCP wraps every rank's OSError in its own exception
         if rank == 0:
@@ -424,10 +424,16 @@ def _load_sharded_optimizer(path: str, model, optimizer) -> None:
 
     # The template has this run's shapes and shards (it initialises the state with a zero-lr step that
     # leaves the weights as they are); DCP fills it from whatever sharding wrote the checkpoint.
-    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    state = {"optimizer": get_optimizer_state_dict(model, _dcp_optimizers(optimizer))}
     try:
         dcp.load(state, checkpoint_id=os.path.join(path, OPTIMIZER_DIR))
     except Exception as e:  # noqa: BLE001 - DCP wraps every rank's error in its own exception
         raise ConfigError(f"the sharded optimizer state in {os.path.join(path, OPTIMIZER_DIR)!r} cannot be loaded "
                           f"({one_line(e, 200)}); resume from an earlier checkpoint") from None
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    set_optimizer_state_dict(model, _dcp_optimizers(optimizer), state["optimizer"])
+
+
+def _dcp_optimizers(optimizer) -> tuple:
+    """What DCP reads and writes: MuonWithAdamW's two halves (its own state_dict nests them, which DCP cannot key
+    by parameter name), each keyed by parameter name into one state; any other optimizer as it is."""
+    return tuple(getattr(optimizer, "optimizers", (optimizer,)))

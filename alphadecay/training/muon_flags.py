@@ -41,9 +41,6 @@ def check_muon_flags(args) -> None:
     require(math.isfinite(args.muon_momentum) and 0 <= args.muon_momentum < 1,
             f"--muon_momentum must be in [0, 1), got {args.muon_momentum}; pass e.g. 0.95")
     require(1 <= args.muon_ns_steps < 100, f"--muon_ns_steps must be in [1, 99], got {args.muon_ns_steps}; pass e.g. 5")
-    require(not (muon and args.fsdp),
-            "--optimizer muon does not support --fsdp yet (torch's Muon would orthogonalise each rank's row shard, "
-            "not the whole matrix); drop --fsdp (DDP) or use --optimizer adamw with --fsdp")
 
 
 def muon_options(args) -> dict | None:
