@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the schedule's final value (its cosine/linear floor) as a fraction of --lr; not LLR's "
                         "per-module --lr_min_ratio")
     a.add_argument("--grad_clipping", type=float, default=0.0, help="clip the global grad norm (0 = off)")
+    # The LLR release's YAML says betas (0.9, 0.95) but never passes them: its runs used torch's (0.9, 0.999).
+    a.add_argument("--beta1", type=float, default=0.9, help="Adam/AdamW beta1 (also Muon's AdamW half)")
+    a.add_argument("--beta2", type=float, default=0.999,
+                   help="Adam/AdamW beta2 (also Muon's AdamW half); 0.999 is what the AlphaDecay and LLR releases ran")
     a.add_argument("--dtype", default=None, choices=["bfloat16", "bf16", "bf16-mixed", "bf16_mixed", "float32",
                                                     "fp32"],
                    help="bfloat16: pure bf16 weights and optimizer state (the paper's runs); bf16-mixed: float32 "
@@ -197,6 +201,7 @@ _NUMBER_RULES = [
     ("warmup_steps", lambda v: v >= 0, ">= 0"),
     ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("grad_clipping", lambda v: v >= 0, ">= 0 (0 = off)"), ("workers", lambda v: v >= 0, ">= 0"),
+    ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"), ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("target_eval_tokens", lambda v: v > 0, "positive"),
     ("eval_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     ("save_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),

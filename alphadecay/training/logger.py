@@ -3,7 +3,9 @@
 Each metrics.jsonl line is one JSON object with a "type":
   config  {"config": {...flags...}, "model": {...}}
   train   step, loss (per predicted token), lr, tokens_seen (non-pad), tokens_learned (predicted), throughput_tokens,
-          throughput_learned_tokens, grad_norm, weight_decay, [mfu (from the computed tokens, pads included)]
+          throughput_learned_tokens, grad_norm, weight_decay, [mfu (from the computed tokens, pads included)];
+          under --lr_strategy llr / sharpness also type_lr (module type -> mean LR this update stepped with; lr is
+          the global schedule's next value), wandb lr_applied/<type>
   eval    step, eval_loss, eval_ppl, eval_tokens
   decay   step, strategy, module_alpha, module_weight_decay, type_mean_alpha (at every assignment);
           with LLR also module_lr (module -> base LR before the schedule), type_mean_lr
@@ -31,6 +33,10 @@ def _clean(v):
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
     return v
+
+
+def _numbers(record: dict) -> dict:
+    return {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
 
 
 WANDB_INIT_TIMEOUT = 20   # seconds
@@ -106,12 +112,19 @@ class RunLogger:
         self.file.write(json.dumps(_clean(record)) + "\n")
         self.file.flush()
         if self.wandb is not None:
-            data = wandb_data if wandb_data is not None else {k: v for k, v in record.items()
-                                                             if isinstance(v, (int, float)) and k != "step"}
+            data = wandb_data if wandb_data is not None else _numbers(record)
             try:
                 self.wandb.log(data, step=record["step"])
             except Exception as e:
                 self._warn(e)
+
+    def train(self, record: dict, group_lrs: dict[str, float] | None = None) -> None:
+        """A train record; ``group_lrs`` (group name -> the LR its update stepped with) adds each module type's mean,
+        so that per-module LRs (LLR's ramps included) are seen at every log interval, not only at assignments."""
+        if not group_lrs:
+            return self.write(record)
+        rec = {**record, "type_lr": Assignment(record["step"], {}, module_lr=group_lrs).type_mean_lr()}
+        self.write(rec, {**_numbers(record), **{f"lr_applied/{t}": v for t, v in rec["type_lr"].items()}})
 
     def decay(self, a: Assignment, strategy: str) -> None:
         rec = {"type": "decay", "strategy": strategy, **a.to_record()}

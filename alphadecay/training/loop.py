@@ -102,7 +102,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             deferred.materialize(loss_fn, model, rt.device, weights=resume_from is None)
         strategy = strategy_from_args(args, model)
         optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device,
-                                    model=model, muon=muon_options(args))
+                                    model=model, muon=muon_options(args), betas=(args.beta1, args.beta2))
         scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
                                     warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
         loader = on_exit.enter_context(make_train_loader(
@@ -135,6 +135,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         bar = on_exit.enter_context(progress_bar(args.num_training_steps, state.update_step, rt.is_main))
         batches = iter(loader)
         accum = args.gradient_accumulation
+        per_module_lr = getattr(args, "lr_strategy", "uniform") in ("llr", "sharpness")
 
         def save() -> str | None:
             return checkpointer.save(state.update_step, model, optimizer, {
@@ -181,6 +182,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             if assignment is not None:
                 log.decay(assignment, args.strategy)
 
+            # scheduler.step() overwrites every group's lr: keep the ones this update steps with for the log.
+            stepped_lrs = {g["name"]: g["lr"] for g in optimizer.param_groups} if per_module_lr else None
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -192,9 +195,10 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             step, last = state.update_step, state.update_step == args.num_training_steps
             rate = speed.measure(tokens, computed=computed_tokens, learned=learned)
             if step % args.log_every == 0 or last:
-                log.write({"type": "train", "step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                log.train({"type": "train", "step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                            "tokens_seen": state.tokens_seen, "tokens_learned": state.tokens_learned, **rate,
-                           "grad_norm": grad_norm, "weight_decay": optimizer.param_groups[-1]["weight_decay"]})
+                           "grad_norm": grad_norm, "weight_decay": optimizer.param_groups[-1]["weight_decay"]},
+                          stepped_lrs)
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate['throughput_tokens']:,.0f}", refresh=False)
             if args.eval_every and step % args.eval_every == 0 and not last:
