@@ -1,4 +1,5 @@
-"""The defects of the LLR release (LLR.md section 8), one test each for those that could apply here.
+"""The defects of the LLR release (LLR.md section 8): a test for each one that no other file targets, which fails
+if this code had the defect.
 
 Defects tested elsewhere (named in README's LLR table): 2 and 6 (tests/test_llr.py), 7 (tests/test_llr.py,
 tests/test_llr_train.py), 9 (tests/test_muon.py), 11 and 12 (tests/test_llr.py). Defect 10 does not apply: LLR here
@@ -219,7 +220,7 @@ def test_defect_8_betas_and_gradient_clipping_reach_the_optimizer(tmp_path, monk
     assert {tuple(g["betas"]) for g in adam.param_groups + muon.adamw.param_groups} == {(0.7, 0.9)}
 
 
-def test_defect_13_the_estimator_runs_on_the_weights_device():
+def test_defect_13_the_estimator_runs_on_the_weights_device(monkeypatch):
     """Defect 13: "CUDA hard-coded in the estimator." Here the ESD runs where the weights are: no 'cuda' in the
     estimator's source (distributed.py names it only for NCCL, whose collectives need CUDA tensors), and LLR's assignment from CPU weights allocates nothing on a GPU (or, without one, works
     while torch claims a GPU exists)."""
@@ -234,12 +235,8 @@ def test_defect_13_the_estimator_runs_on_the_weights_device():
         bases = llr.initial_assignment().module_lr
         assert torch.cuda.memory_allocated() == before
     else:
-        real = torch.cuda.is_available
-        torch.cuda.is_available = lambda: True
-        try:
-            bases = llr.initial_assignment().module_lr
-        finally:
-            torch.cuda.is_available = real
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        bases = llr.initial_assignment().module_lr
     assert len(set(bases.values())) > 3
 
 
