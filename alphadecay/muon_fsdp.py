@@ -36,13 +36,12 @@ def newton_schulz_cost(shape) -> float:
 
 
 def exchange_bytes(shapes, world_size: int) -> int:
-    """Bytes that cross between ranks per update for row-sharded matrices of ``shapes``: each matrix's bf16 rows
-    gathered to its owner and its bf16 result scattered back, every rank but the owner sending/receiving its
-    (padded) block each way."""
+    """Bytes sent between ranks per update for row-sharded matrices of ``shapes`` (ShardedMuon's owners): each
+    matrix's bf16 update, the rows its owner lacks, to the owner, and as many bf16 rows of the result back."""
+    owner = assign_owners([newton_schulz_cost(s) for s in shapes], world_size)
     total = 0
-    for a, b in shapes:
-        rows = -(-a // world_size)
-        total += 2 * (world_size - 1) * rows * b * 2
+    for (a, b), r in zip(shapes, owner):
+        total += 2 * (a - _chunk_rows(a, world_size)[1][r]) * b * 2
     return total
 
 
@@ -119,7 +118,10 @@ def _step_other_layout(param: DTensor, grad: DTensor, buf: DTensor, group) -> No
                                     src_data_rank=None).to_local(), group)
 
 
-def _step_row_sharded(items: list) -> None:
+@torch.no_grad()
+def _step_row_sharded(items: list, orthogonalise=_orthogonalise) -> None:
+    """Steps FSDP2's row-sharded matrices ``items`` ((param, grad, momentum_buffer, group) each). Collective.
+    ``orthogonalise(full, group)``: torch's Newton-Schulz (bench/muon_fsdp_comm.py times the exchange alone)."""
     mesh_group = items[0][0].device_mesh.get_group()
     world, me = dist.get_world_size(mesh_group), dist.get_rank(mesh_group)
     owner = assign_owners([newton_schulz_cost(p.shape) for p, *_ in items], world)
@@ -134,24 +136,35 @@ def _step_row_sharded(items: list) -> None:
             full = full_on(update, dist.get_global_rank(mesh_group, owner[i]))
             if full is not None:
                 mine = (i, full)
-        ortho = _orthogonalise(mine[1], items[mine[0]][3]) if mine is not None else None
+        ortho = orthogonalise(mine[1], items[mine[0]][3]) if mine is not None else None
         for i in batch:
             param, _, _, group = items[i]
             _apply(param, _scatter_rows(ortho if owner[i] == me else None, param, owner[i], mesh_group), group)
 
 
+def _chunk_rows(n: int, world: int) -> tuple[int, list[int]]:
+    """torch.chunk's (FSDP2's) row split: the block size and each rank's row count."""
+    rows = -(-n // world)
+    return rows, [max(0, min(rows, n - r * rows)) for r in range(world)]
+
+
 def _scatter_rows(full: torch.Tensor | None, param: DTensor, src: int, group) -> torch.Tensor:
-    """This rank's rows (``torch.chunk`` sizes, as FSDP2's) of ``full``, which group rank ``src`` holds. Collective."""
+    """This rank's rows of ``full``, which group rank ``src`` holds. Collective. As ``distributed.full_on`` in
+    reverse: each rank's rows sent point-to-point, no padded copy and no staging buffer."""
     world, me = dist.get_world_size(group), dist.get_rank(group)
-    rows = -(-param.shape[0] // world)
-    out = torch.empty((rows, *param.shape[1:]), dtype=torch.bfloat16, device=param.to_local().device)
-    blocks = None
-    if me == src:
-        padded = full.new_zeros((rows * world, *full.shape[1:]))
-        padded[:full.shape[0]] = full
-        blocks = list(padded.chunk(world))
-    dist.scatter(out, blocks, group=group, group_src=src)
-    return out[:param.to_local().shape[0]]
+    rows, count = _chunk_rows(param.shape[0], world)
+    out = torch.empty((count[me], *param.shape[1:]), dtype=torch.bfloat16, device=param.to_local().device)
+    if me != src:
+        if count[me]:
+            dist.batch_isend_irecv([dist.P2POp(dist.irecv, out, group=group, group_peer=src)])[0].wait()
+        return out
+    full = full.contiguous()   # Newton-Schulz hands a tall matrix back transposed; row blocks must be contiguous
+    out.copy_(full[me * rows:me * rows + count[me]])
+    ops = [dist.P2POp(dist.isend, full[r * rows:r * rows + count[r]], group=group, group_peer=r)
+           for r in range(world) if r != me and count[r]]
+    for work in dist.batch_isend_irecv(ops) if ops else []:
+        work.wait()
+    return out
 
 
 __all__ = ["ShardedMuon", "exchange_bytes", "newton_schulz_cost"]
