@@ -38,7 +38,7 @@ def release_documents(path: str, rank: int = 0, world_size: int = 1):
     import datasets
     from datasets.distributed import split_dataset_by_node
 
-    from alphadecay.training.data import resolve_data_files
+    from alphadecay.training.data.batches import resolve_data_files
 
     data = datasets.load_dataset("json", data_files=resolve_data_files(path), split="train", streaming=True)
     data = data.shuffle(seed=42)

@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, Report, data_paths, machine, median, note, release_loader, timed  # noqa: E402
 
-from alphadecay.training.data import TrainBatches, load_tokenizer, make_train_loader  # noqa: E402
+from alphadecay.training.data.batches import TrainBatches, load_tokenizer, make_train_loader  # noqa: E402
 from alphadecay.training.loss import NextTokenLoss  # noqa: E402
 from alphadecay.training.model import build_model  # noqa: E402
-from alphadecay.training.runtime import pick_device  # noqa: E402
+from alphadecay.training.parallel.runtime import pick_device  # noqa: E402
 
 _PARALLELISM = os.environ.get("TOKENIZERS_PARALLELISM")
 

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from alphadecay.training.callbacks import Callback  # noqa: E402
 from alphadecay.training.loop import main  # noqa: E402
-from alphadecay.training.meta_init import DeferredInit  # noqa: E402
+from alphadecay.training.parallel.meta_init import DeferredInit  # noqa: E402
 
 GB = 1024 ** 3
 PEAKS = {}

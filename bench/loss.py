@@ -29,10 +29,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, Report, data_paths, machine, median, timed  # noqa: E402
 
-from alphadecay.training.data import TrainBatches, load_tokenizer  # noqa: E402
+from alphadecay.training.data.batches import TrainBatches, load_tokenizer  # noqa: E402
 from alphadecay.training.loss import NextTokenLoss, prediction_targets  # noqa: E402
 from alphadecay.training.model import build_model, vocab_guard  # noqa: E402
-from alphadecay.training.runtime import pick_device  # noqa: E402
+from alphadecay.training.parallel.runtime import pick_device  # noqa: E402
 
 
 def variants(model, device):

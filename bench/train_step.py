@@ -64,11 +64,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, Report, data_paths, machine, median, note, release_loader, sync, timed  # noqa: E402
 
-from alphadecay.training.args import parse_args  # noqa: E402
-from alphadecay.training.data import load_tokenizer  # noqa: E402
+from alphadecay.training.flags.args import parse_args  # noqa: E402
+from alphadecay.training.data.batches import load_tokenizer  # noqa: E402
 from alphadecay.training.model import build_model, vocab_guard  # noqa: E402
 from alphadecay.training.optim import build_optimizer, build_scheduler, strategy_from_args  # noqa: E402
-from alphadecay.training.runtime import pick_device, setup, teardown, world_size_from_env  # noqa: E402
+from alphadecay.training.parallel.runtime import pick_device, setup, teardown, world_size_from_env  # noqa: E402
 
 AMORTISED_INTERVALS = (500, 100, 10, 1)
 

@@ -1,7 +1,7 @@
 """The release's command lines parse as written and mean what they say."""
 import pytest
 
-from alphadecay.training.args import parse_args
+from alphadecay.training.flags.args import parse_args
 from alphadecay.errors import ConfigError
 from alphadecay.training.optim import lr_lambda
 
@@ -58,7 +58,7 @@ def test_collective_timeout_reaches_the_process_group(monkeypatch):
     writing a 7B checkpoint while the others wait in the next collective)."""
     import datetime
 
-    from alphadecay.training import runtime
+    from alphadecay.training.parallel import runtime
 
     assert parse_args(CFG).dist_timeout_minutes == 30
     with pytest.raises(ConfigError, match="--dist_timeout_minutes"):

@@ -309,7 +309,7 @@ def test_eval_only_uses_the_checkpoints_own_config(tmp_path, capsys, checkpoint_
 
 def test_a_failed_save_keeps_the_previous_checkpoints(tmp_path, capsys, monkeypatch):
     import errno
-    from alphadecay.training import checkpoint
+    from alphadecay.training.checkpointing import checkpoint
     real, calls = checkpoint.torch.save, []
 
     def disk_full(obj, path, *a, **k):

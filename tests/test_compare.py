@@ -5,7 +5,7 @@ import shlex
 import subprocess
 import sys
 
-from alphadecay.training.args import parse_args
+from alphadecay.training.flags.args import parse_args
 from conftest import REPO
 
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import alphadecay
 from alphadecay.training.loss import NextTokenLoss
 from alphadecay.training.optim import build_optimizer
-from alphadecay.training.parallel import parallelize
+from alphadecay.training.parallel.wrap import parallelize
 from conftest import tiny_llama
 
 DEVICE = torch.device(os.environ.get("ALPHADECAY_TEST_DEVICE", "cuda"))
@@ -60,7 +60,7 @@ def test_pure_low_precision_training_with_fused_adamw(dtype):
 
 def test_bf16_mixed_float32_master_weights_under_autocast_with_fused_adamw():
     """--dtype bf16-mixed under DDP: float32 weights, gradients and Adam moments, bf16 matmuls (autocast)."""
-    from alphadecay.training.precision import resolve_precision
+    from alphadecay.training.parallel.precision import resolve_precision
 
     precision = resolve_precision("bf16-mixed", DEVICE)
     model = tiny_llama().to(DEVICE, precision.weights)

@@ -1,4 +1,4 @@
-"""Tests for alphadecay.training.data: batching, packing, exact resume, rank split, evaluation cut, bad data."""
+"""Tests for alphadecay.training.data.batches: batching, packing, exact resume, rank split, evaluation cut, bad data."""
 import gzip
 import json
 import os
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from alphadecay.training.data import (TrainBatches, load_documents, load_tokenizer, make_train_loader,
+from alphadecay.training.data.batches import (TrainBatches, load_documents, load_tokenizer, make_train_loader,
                                       resolve_data_files)
-from alphadecay.training.eval_data import eval_batches
+from alphadecay.training.data.eval_data import eval_batches
 from alphadecay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_resume_on_an_arrow_builder_stream(tok, c4, monkeypatch):
     """path=None streams the hub's C4 through datasets' Arrow json builder; emulate it offline with the local files."""
     import datasets
 
-    import alphadecay.training.data as data
+    import alphadecay.training.data.batches as data
 
     files = resolve_data_files(c4)
     def arrow_stream(path, split, hub=None):
@@ -332,7 +332,7 @@ def test_unreachable_hub_dataset(monkeypatch):
     """Reachable hub host but datasets fails: its error, in one line, with the fix."""
     import datasets
 
-    import alphadecay.training.text_sources as sources
+    import alphadecay.training.data.text_sources as sources
 
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'allenai/c4' on the Hub (LocalEntryNotFoundError)")
@@ -353,7 +353,7 @@ def test_hub_without_network_fails_at_once(monkeypatch, cause):
     import datasets
     from huggingface_hub import constants
 
-    import alphadecay.training.text_sources as sources
+    import alphadecay.training.data.text_sources as sources
 
     def never(*args, **kwargs):
         raise AssertionError("datasets.load_dataset must not be reached")

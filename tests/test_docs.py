@@ -1,7 +1,7 @@
 """The README stays true to the code: every flag documented, the documented commands exist."""
 import re
 
-from alphadecay.training.args import build_parser
+from alphadecay.training.flags.args import build_parser
 from conftest import REPO
 
 README = (REPO / "README.md").read_text()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alphadecay.training.encode import CHARS_PER_TOKEN, encode_rows, splits_on_whitespace
+from alphadecay.training.data.encode import CHARS_PER_TOKEN, encode_rows, splits_on_whitespace
 from conftest import DATA_DIR
 
 

@@ -182,8 +182,8 @@ def test_every_config_exports_a_folder_transformers_loads_as_trained(name, t5_di
     clean_for_evaluation): from_pretrained loads it and computes the logits of the model in memory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alphadecay.training.checkpoint import save
-    from alphadecay.training.data import load_tokenizer
+    from alphadecay.training.checkpointing.checkpoint import save
+    from alphadecay.training.data.batches import load_tokenizer
     from alphadecay.training.model import build_model
 
     config = tmp_path / f"{name}.json"

@@ -90,7 +90,7 @@ def test_launch_script_commands_parse(tmp_path):
     import os
     import shlex
 
-    from alphadecay.training.args import parse_args
+    from alphadecay.training.flags.args import parse_args
 
     cases = [({"MODEL": "7b"}, 8, "--standalone"),
              ({"MODEL": "3b", "NNODES": "2", "RDZV_ENDPOINT": "node0:29500", "METHOD": "uniform"}, 16, "c10d"),

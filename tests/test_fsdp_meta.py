@@ -45,7 +45,7 @@ def test_meta_build_replays_the_unsharded_init_exactly(tmp_path):
 
 def test_a_model_whose_init_cannot_be_replayed_is_refused():
     from alphadecay.errors import ConfigError
-    from alphadecay.training.meta_init import record_init
+    from alphadecay.training.parallel.meta_init import record_init
 
     class Drawn(torch.nn.Module):
         def __init__(self):

@@ -6,11 +6,11 @@ IterableDataset built from a generator, so holding out its first shard is exerci
 import datasets
 import pytest
 
-import alphadecay.training.text_sources as sources
+import alphadecay.training.data.text_sources as sources
 from alphadecay.errors import ConfigError
-from alphadecay.training import resume
-from alphadecay.training.args import parse_args
-from alphadecay.training.text_sources import HubSource, load_documents
+from alphadecay.training.checkpointing import resume
+from alphadecay.training.flags.args import parse_args
+from alphadecay.training.data.text_sources import HubSource, load_documents
 from conftest import REPO
 
 SHARDS, PER_SHARD = 4, 3

@@ -205,7 +205,7 @@ def test_defect_8_betas_and_gradient_clipping_reach_the_optimizer(tmp_path, monk
     assert {tuple(g["betas"]) for g in built[0].param_groups} == {(0.8, 0.95)}
     assert clipped == [1.0, 1.0]
 
-    from alphadecay.training.args import parse_args
+    from alphadecay.training.flags.args import parse_args
     from alphadecay.errors import ConfigError
     base = tiny_run_flags(tmp_path / "x", steps=2) + data_flags(DATA_DIR)
     defaults = parse_args(base)

@@ -63,7 +63,7 @@ def test_release_flags_train_and_every_group_follows_the_ramp(tmp_path, group_lr
 
 
 def test_lr_flags_are_checked():
-    from alphadecay.training.args import parse_args
+    from alphadecay.training.flags.args import parse_args
     from alphadecay.errors import ConfigError
     base = tiny_run_flags("/tmp/unused-llr", steps=4) + data_flags(DATA_DIR)
     args = parse_args(base + ["--use_modulewise_lr"])

@@ -116,8 +116,8 @@ UNEVEN_LENGTHS = [24, 3, 17, 1, 24, 9, 12, 20]
 def _accumulated(batch_size, ids, mask):
     """The loop's accumulate_gradients on one rank over micro-batches of ``batch_size`` sequences."""
     from alphadecay.training.loop import accumulate_gradients
-    from alphadecay.training.parallel import parallelize
-    from alphadecay.training.runtime import Runtime
+    from alphadecay.training.parallel.wrap import parallelize
+    from alphadecay.training.parallel.runtime import Runtime
 
     rt = Runtime(rank=0, local_rank=0, world_size=1, device=CPU)
     model = tiny_llama()

@@ -10,7 +10,7 @@ import alphadecay
 from alphadecay import Combined, LLR, MuonWithAdamW, split_muon_groups
 from alphadecay.errors import ConfigError
 from alphadecay.muon import hidden_matrices
-from alphadecay.training.args import parse_args
+from alphadecay.training.flags.args import parse_args
 from alphadecay.training.optim import build_optimizer, build_scheduler, lr_schedule
 
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ import sys
 PROBE = """
 import alphadecay
 from alphadecay.errors import ConfigError
-from alphadecay.training.data import load_tokenizer
+from alphadecay.training.data.batches import load_tokenizer
 try:
     tok = load_tokenizer("t5-base", 64)
     print("loaded", len(tok), tok.model_max_length, tok("a b").input_ids)

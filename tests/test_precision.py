@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from alphadecay.training.args import parse_args
+from alphadecay.training.flags.args import parse_args
 from alphadecay.training.optim import build_optimizer
-from alphadecay.training.precision import resolve_precision
+from alphadecay.training.parallel.precision import resolve_precision
 from conftest import DATA_DIR, REPO, tiny_llama
 
 CPU = torch.device("cpu")
@@ -73,7 +73,7 @@ def test_fused_loss_under_autocast_keeps_float32_gradients_and_is_as_close_as_tr
 
 
 def test_ddp_skips_the_buffer_broadcast_on_torch_without_forward_sync_buffers(monkeypatch):
-    from alphadecay.training import parallel
+    from alphadecay.training.parallel import wrap as parallel
 
     assert parallel._no_buffer_sync() == {"forward_sync_buffers": False}        # torch 2.13
     real = inspect.signature(parallel.DDP.__init__)

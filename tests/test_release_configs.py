@@ -29,7 +29,7 @@ def test_the_release_60m_file_as_published():
 
 
 def test_release_60m_builds_our_60m(tmp_path, capsys):
-    from alphadecay.training.args import check_model_config
+    from alphadecay.training.flags.args import check_model_config
     from alphadecay.training.model import build_model
 
     path = tmp_path / "llama_60m.json"

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alphadecay.training import checkpoint
+from alphadecay.training.checkpointing import checkpoint
 from conftest import DATA_DIR, REPO
 from faults import NanAt
 from trainutil import data_flags, records, run_cli, run_main, tiny_run_flags
@@ -219,7 +219,7 @@ def test_a_loader_error_leaves_no_worker_behind(tmp_path):
 import gzip, json, multiprocessing, pathlib, sys
 import pytest
 from alphadecay.errors import ConfigError
-from alphadecay.training.data import TrainBatches, load_tokenizer, make_train_loader
+from alphadecay.training.data.batches import TrainBatches, load_tokenizer, make_train_loader
 root = pathlib.Path({str(tmp_path)!r})
 tok = load_tokenizer({str(tokenizer)!r}, 16)
 kept = []

@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
-from alphadecay.training import resume
-from alphadecay.training.args import build_parser, parse_args
+from alphadecay.training.checkpointing import resume
+from alphadecay.training.flags.args import build_parser, parse_args
 from alphadecay.training.loop import train
 from alphadecay.training.optim import build_scheduler, lr_lambda
 from conftest import DATA_DIR, REPO, tiny_llama

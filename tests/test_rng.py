@@ -2,7 +2,7 @@
 resume that sees another number of GPUs works; old checkpoints with one state per device still load."""
 import torch
 
-from alphadecay.training import checkpoint
+from alphadecay.training.checkpointing import checkpoint
 
 
 class FakeCuda:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from alphadecay.errors import ConfigError
-from alphadecay.training import checkpoint
-from alphadecay.training.run_lock import LOCK_FILE, RunLock
+from alphadecay.training.checkpointing import checkpoint
+from alphadecay.training.checkpointing.run_lock import LOCK_FILE, RunLock
 from conftest import DATA_DIR, REPO
 from trainutil import data_flags, records, run_cli, run_main, tiny_run_flags
 
@@ -68,7 +68,7 @@ def test_a_second_launch_into_a_running_folder_fails_at_once(tmp_path):
 def test_a_dead_runs_lock_is_taken_over_and_latest_without_a_checkpoint_starts_a_new_run(tmp_path, capsys):
     """A run killed before its first checkpoint, restarted by an auto-resume script with --continue_from latest."""
     run = tmp_path / "run"
-    dead = subprocess.Popen([sys.executable, "-c", "import os, sys\nfrom alphadecay.training.run_lock import "
+    dead = subprocess.Popen([sys.executable, "-c", "import os, sys\nfrom alphadecay.training.checkpointing.run_lock import "
                              "RunLock\nRunLock(sys.argv[1]).__enter__()\nos.kill(os.getpid(), 9)", str(run)],
                             cwd=REPO, env=ENV)
     assert dead.wait(timeout=120) == -9 and (run / LOCK_FILE).exists()

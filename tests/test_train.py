@@ -131,7 +131,7 @@ def test_compile_trains_like_eager(tmp_path):
 
 def test_activation_checkpointing_trains_like_without(tmp_path):
     # Recomputing the activations in backward must not change what is learned: same losses, same evaluation.
-    from alphadecay.training.args import parse_args
+    from alphadecay.training.flags.args import parse_args
     from alphadecay.training.loop import train
     runs = {}
     for name, extra in [("plain", []), ("recompute", ["--activation_checkpointing"])]:

@@ -203,7 +203,7 @@ def run(args) -> dict:
                               TrainingArguments)
 
     from ..integrations import AlphaDecayCallback, RunLoggerCallback, create_optimizer
-    from ..training.checkpoint import Checkpointer
+    from ..training.checkpointing.checkpoint import Checkpointer
     from ..training.logger import RunLogger, WandbSettings
     from ..training.model import count_params
     from ..training.optim import strategy_from_args
@@ -282,7 +282,7 @@ def _checkpoint(output_dir: str) -> str:
 
 def build_parser():
     from ..cli import OneLineParser
-    from ..training.args import add_weight_decay_flags
+    from ..training.flags.args import add_weight_decay_flags
 
     p = OneLineParser(prog="python -m alphadecay.tasks.glue", description=__doc__.splitlines()[0],
                       formatter_class=__import__("argparse").ArgumentDefaultsHelpFormatter)
@@ -327,7 +327,7 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    from ..training.args import check_numbers, check_weight_decay_flags
+    from ..training.flags.args import check_numbers, check_weight_decay_flags
     args = build_parser().parse_args(argv)
     check_numbers(args, [("eval_batch_size", lambda v: v > 0, "positive"), ("epochs", lambda v: v > 0, "positive"),
                          ("max_steps", lambda v: v >= 0, ">= 0"), ("warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -134,13 +134,13 @@ def train(args) -> dict:
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.models import save_for_hf
 
-    from ..training.checkpoint import Checkpointer
+    from ..training.checkpointing.checkpoint import Checkpointer
     from ..training.logger import RunLogger, WandbSettings, progress_bar
     from ..training.loop import agree_across_ranks, clip_gradients
     from ..training.model import count_params
     from ..training.optim import build_optimizer, strategy_from_args
-    from ..training.parallel import parallelize
-    from ..training.runtime import StopSignal, process_group, setup
+    from ..training.parallel.wrap import parallelize
+    from ..training.parallel.runtime import StopSignal, process_group, setup
     from .images import TrainImages, eval_batches, image_folder, transforms
 
     rt = setup(args.device)

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..training.args import add_weight_decay_flags
+    from ..training.flags.args import add_weight_decay_flags
     p = OneLineParser(prog="python -m alphadecay.tasks.vit", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                       description="Train timm's ViT-tiny on an image folder with module-wise weight decay "
                                   "(AlphaDecay) or a baseline; torchrun for several GPUs.")
@@ -73,8 +73,8 @@ def _count_images(folder: str) -> int:
 
 
 def parse_args(argv=None, world_size: int | None = None):
-    from ..training.args import check_numbers, check_weight_decay_flags
-    from ..training.runtime import world_size_from_env
+    from ..training.flags.args import check_numbers, check_weight_decay_flags
+    from ..training.parallel.runtime import world_size_from_env
     args = build_parser().parse_args(argv)
     positive = lambda v: v > 0   # noqa: E731
     check_numbers(args, [("lr", positive, "positive"), ("batch_size", positive, "positive"),

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import has_sharded_params
-from .eval_data import eval_batches
+from .data.eval_data import eval_batches
 from .loss import NextTokenLoss
 from .model import vocab_guard
 

@@ -30,23 +30,23 @@ import torch.distributed as dist
 
 from ..distributed import is_sharded
 from ..errors import ConfigError, NonFiniteError, one_line, print_error
-from .args import parse_args
+from .flags.args import parse_args
 from .callbacks import Callback, TrainState
-from .checkpoint import Checkpointer, load_model_weights
-from .data import TrainBatches, load_tokenizer, make_train_loader
+from .checkpointing.checkpoint import Checkpointer, load_model_weights
+from .data.batches import TrainBatches, load_tokenizer, make_train_loader
 from .evaluate import Evaluator
 from .flops import Throughput, training_flops_per_token
 from .logger import RunLogger, WandbSettings, progress_bar
 from .loss import NextTokenLoss
 from .model import build_model, build_model_on_meta, count_params, vocab_guard
-from .muon_flags import muon_options
+from .flags.muon import muon_options
 from .optim import build_optimizer, build_scheduler, strategy_from_args
-from .parallel import Parallelized, parallelize
-from .precision import resolve_precision
-from . import resume
-from .run_lock import RunLock
-from .runtime import StopSignal, process_group, setup, world_size_from_env
-from .text_sources import HubSource
+from .parallel.wrap import Parallelized, parallelize
+from .parallel.precision import resolve_precision
+from .checkpointing import resume
+from .checkpointing.run_lock import RunLock
+from .parallel.runtime import StopSignal, process_group, setup, world_size_from_env
+from .data.text_sources import HubSource
 
 
 def train(args, callbacks: Sequence[Callback] = ()) -> dict:

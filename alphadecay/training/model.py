@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ..errors import ConfigError, one_line
-from .meta_init import DeferredInit, record_init
+from .parallel.meta_init import DeferredInit, record_init
 
 
 # The release's (and GaLore's) config files were written for transformers 4.28's LLaMA port.

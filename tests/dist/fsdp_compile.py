@@ -14,7 +14,7 @@ import torch.distributed as dist
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
 from alphadecay.training.loss import NextTokenLoss  # noqa: E402
 from alphadecay.training.model import build_model_on_meta  # noqa: E402
-from alphadecay.training.parallel import decoder_layers, parallelize  # noqa: E402
+from alphadecay.training.parallel.wrap import decoder_layers, parallelize  # noqa: E402
 
 CPU = torch.device("cpu")
 BACKEND = os.environ.get("ALPHADECAY_COMPILE_BACKEND", "inductor")

@@ -12,13 +12,13 @@ import torch
 import torch.distributed as dist
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
-import alphadecay.training.checkpoint as checkpoint  # noqa: E402
+import alphadecay.training.checkpointing.checkpoint as checkpoint  # noqa: E402
 from alphadecay.distributed import is_sharded, local_part  # noqa: E402
-from alphadecay.training.hf_shards import write_hf_shards  # noqa: E402
+from alphadecay.training.checkpointing.hf_shards import write_hf_shards  # noqa: E402
 from alphadecay.training.loss import NextTokenLoss  # noqa: E402
-from alphadecay.training.meta_init import shard_rows  # noqa: E402
+from alphadecay.training.parallel.meta_init import shard_rows  # noqa: E402
 from alphadecay.training.model import build_model, build_model_on_meta  # noqa: E402
-from alphadecay.training.parallel import parallelize  # noqa: E402
+from alphadecay.training.parallel.wrap import parallelize  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -5,7 +5,7 @@ import os
 import sys
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
-from alphadecay.training.args import parse_args  # noqa: E402
+from alphadecay.training.flags.args import parse_args  # noqa: E402
 from alphadecay.training.loop import train  # noqa: E402
 
 out_dir, argv = sys.argv[1], sys.argv[2:]

@@ -9,8 +9,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(os.path.dirname(HERE)), os.path.dirname(HERE)]
 from alphadecay.training.loop import accumulate_gradients, agree_across_ranks  # noqa: E402
 from alphadecay.training.loss import NextTokenLoss  # noqa: E402
-from alphadecay.training.parallel import parallelize  # noqa: E402
-from alphadecay.training.runtime import setup, teardown  # noqa: E402
+from alphadecay.training.parallel.wrap import parallelize  # noqa: E402
+from alphadecay.training.parallel.runtime import setup, teardown  # noqa: E402
 from conftest import tiny_llama  # noqa: E402
 from test_loss import UNEVEN_LENGTHS, padded_batch  # noqa: E402
 

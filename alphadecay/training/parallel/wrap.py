@@ -16,8 +16,8 @@ from typing import Callable, ContextManager
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..errors import ConfigError
-from .loss import NextTokenLoss
+from ...errors import ConfigError
+from ..loss import NextTokenLoss
 
 
 @dataclass

@@ -7,14 +7,14 @@ import math
 import os
 import re
 
-from ..cli import parse_bool
-from ..assign import ASSIGN_FUNCS
-from ..powerlaw import PL_FITTINGS
-from ..strategies import ESD_METRICS, STRATEGIES
-from ..errors import ConfigError, one_line
-from .lr_flags import add_lr_flags, check_lr_flags
-from .muon_flags import add_muon_flags, check_muon_flags
-from .precision import ALIASES
+from ...cli import parse_bool
+from ...assign import ASSIGN_FUNCS
+from ...powerlaw import PL_FITTINGS
+from ...strategies import ESD_METRICS, STRATEGIES
+from ...errors import ConfigError, one_line
+from .lr import add_lr_flags, check_lr_flags
+from .muon import add_muon_flags, check_muon_flags
+from ..parallel.precision import ALIASES
 
 
 def _token_count(text: str) -> int:
@@ -265,7 +265,7 @@ def check_model_config(path: str, max_length: int | None = None):
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
                                                         MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
-    from .model import config_from_dict, release_keys_read
+    from ..model import config_from_dict, release_keys_read
     cfg = release_keys_read(cfg, path)   # the release's max_sequence_length and LLaMAForCausalLM
     # Encoders (bert, roberta, ...) have a causal head too, but only as decoders (is_decoder=True).
     encoder = cfg["model_type"] in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not cfg.get("is_decoder")
@@ -293,7 +293,7 @@ def check_model_config(path: str, max_length: int | None = None):
 
 
 def _check_data_paths(args) -> None:
-    from .text_sources import resolve_data_files
+    from ..data.text_sources import resolve_data_files
     for flag in ("dataset_path", "eval_dataset_path"):
         if getattr(args, flag) is not None:
             try:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from ..errors import ConfigError, one_line
+from ...errors import ConfigError, one_line
 from . import workers
 from .encode import encode_rows
 from .text_sources import HUB_DATASET, HubSource, _hub_unreachable, load_documents, resolve_data_files

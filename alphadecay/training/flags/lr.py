@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..assign import ASSIGN_FUNCS
-from ..errors import ConfigError
+from ...assign import ASSIGN_FUNCS
+from ...errors import ConfigError
 
 LR_STRATEGIES = ("uniform", "llr", "sharpness")
 

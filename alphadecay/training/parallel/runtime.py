@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError, NonFiniteError
+from ...errors import ConfigError, NonFiniteError
 
 
 @dataclass

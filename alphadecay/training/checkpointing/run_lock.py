@@ -18,7 +18,7 @@ import time
 
 import torch.distributed as dist
 
-from ..errors import ConfigError, require_writable_folder
+from ...errors import ConfigError, require_writable_folder
 
 LOCK_FILE = ".run.lock"
 # A holder that just died on this host may leave forked DataLoader workers that share its lock for a few

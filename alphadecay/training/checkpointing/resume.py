@@ -26,8 +26,8 @@ import json
 import os
 import sys
 
-from ..errors import ConfigError
-from ..strategies import AWD
+from ...errors import ConfigError
+from ...strategies import AWD
 from .checkpoint import check_format
 
 SCHEDULE = ("lr", "num_training_steps", "max_train_tokens", "warmup_steps", "scheduler", "min_lr_ratio")
@@ -95,7 +95,7 @@ def _fix(flag: str, value) -> str:
 @functools.lru_cache(maxsize=1)
 def _store_true() -> frozenset[str]:
     import argparse
-    from .args import build_parser
+    from ..flags.args import build_parser
     return frozenset(a.dest for a in build_parser()._actions if isinstance(a, argparse._StoreTrueAction))
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..cli import parse_bool
-from ..errors import ConfigError
-from ..muon import ADJUST_LR_FNS
+from ...cli import parse_bool
+from ...errors import ConfigError
+from ...muon import ADJUST_LR_FNS
 
 
 def add_muon_flags(p: argparse.ArgumentParser) -> None:

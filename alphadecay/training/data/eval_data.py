@@ -5,9 +5,9 @@ import itertools
 
 import torch
 
-from .data import _check_positive, _check_rank, _usable, logger
+from .batches import _check_positive, _check_rank, _usable, logger
 from .encode import encode_rows
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .text_sources import HubSource, load_documents
 
 EVAL_SEED = 42     # the paper's val_data.shuffle(seed=42)

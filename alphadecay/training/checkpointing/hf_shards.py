@@ -15,7 +15,7 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from ..distributed import full_on, is_sharded
+from ...distributed import full_on, is_sharded
 
 SHARD_BYTES = 2 << 30
 INDEX_FILE = "model.safetensors.index.json"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import datasets
 
-from ..errors import ConfigError, one_line
+from ...errors import ConfigError, one_line
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..distributed import is_sharded, local_part
-from ..errors import ConfigError
+from ...distributed import is_sharded, local_part
+from ...errors import ConfigError
 
 # In-place calls that write every element of their target (the init functions, the in-place random fills):
 # the replay starts them on a fresh tensor. Any other in-place call reads the target's current value.

@@ -34,11 +34,11 @@ import torch.distributed as dist
 from safetensors import safe_open
 from torch.distributed.tensor import Shard
 
-from ..distributed import has_sharded_params, is_sharded, local_part
-from ..errors import ConfigError, one_line, require_writable_folder
+from ...distributed import has_sharded_params, is_sharded, local_part
+from ...errors import ConfigError, one_line, require_writable_folder
 from .export import clean_for_evaluation
 from .hf_shards import write_hf_shards
-from .meta_init import shard_row_range, shard_rows
+from ..parallel.meta_init import shard_row_range, shard_rows
 from .run_lock import LOCK_FILE
 
 STATE_FILE = "training_state.pt"
