@@ -138,7 +138,7 @@ def plot(logs: dict, out: str) -> list[str] | None:
         return None
     made = []
     for optimizer in ("adamw", "adam"):
-        chosen = [log for log in logs.values() if log.config["strategy"] == "alphadecay"
+        chosen = [log for log in logs.values() if method_of(log.config) == "alphadecay"   # not AlphaDecay + LLR
                   and log.config["optimizer"] == optimizer]
         if not chosen:
             continue
