@@ -137,7 +137,7 @@ def plot(logs: dict, out: str) -> list[str] | None:
     except ImportError:
         return None
     made = []
-    for optimizer in ("adamw", "adam"):
+    for optimizer in ("adamw", "adam", "muon"):
         chosen = [log for log in logs.values() if method_of(log.config) == "alphadecay"   # not AlphaDecay + LLR
                   and log.config["optimizer"] == optimizer]
         if not chosen:

@@ -7,6 +7,7 @@
 #   MODEL=llama_20m STEPS=5000 bash scripts/compare_strategies.sh     # larger
 #   REPORT_ONLY=1 bash scripts/compare_strategies.sh                 # just the report of what has finished
 #   GRID=llr bash scripts/compare_strategies.sh     # AdamW 0.1: Uniform, LLR, AlphaDecay, AlphaDecay + LLR (12 runs)
+#   GRID=muon bash scripts/compare_strategies.sh    # --optimizer muon: Uniform, AlphaDecay, LLR (9 runs)
 #   GRID=llr ONLY=' llr ' bash scripts/compare_strategies.sh     # only the runs whose spec matches the regex
 #                     (a spec is "optimizer decay method lr-strategy seed", e.g. "adamw 0.1 alphadecay llr 5")
 #
@@ -56,7 +57,11 @@ case "$GRID" in
                 for lrs in uniform llr; do specs+=("adamw 0.1 $method $lrs $seed"); done
             done
         done ;;
-    *) echo "error: GRID=$GRID is not one of decay llr" >&2; exit 2 ;;
+    muon)    # --optimizer muon (AdamW 0.1 on the rest): Uniform, AlphaDecay, LLR (9 runs)
+        for seed in $SEEDS; do
+            specs+=("muon 0.1 uniform uniform $seed" "muon 0.1 alphadecay uniform $seed" "muon 0.1 uniform llr $seed")
+        done ;;
+    *) echo "error: GRID=$GRID is not one of decay llr muon" >&2; exit 2 ;;
 esac
 # LLR as the release runs it (LLR.md 6): tb_linear_map from 1 to 5 x the Uniform lr, every 100 updates, a 50-update
 # ramp, within the first 20% of training (absolute counts, as in the release: 1,000 updates see 3 assignments).
@@ -69,7 +74,7 @@ lane() {   # lane INDEX: runs INDEX, INDEX + PARALLEL, ...
         [[ -n "${ONLY:-}" && ! " ${specs[$i]} " =~ $ONLY ]] && continue
         read -r opt decay method lrs seed <<< "${specs[$i]}"
         # The release's AlphaDecay ratios: AdamW (0.6666, 5); Adam at 1e-5 (0.6666, 3).
-        if [[ "$opt" == adamw ]]; then ratios="0.6666 5"; else ratios="0.6666 3"; fi
+        if [[ "$opt" == adam ]]; then ratios="0.6666 3"; else ratios="0.6666 5"; fi
         read -r rmin rmax <<< "$ratios"
         if [[ "$lrs" == llr ]]; then
             AD_NAME_TAG=llr ad_run compare "$MODEL" "$opt" "$method" "$decay" "$seed" "$EVERY" "$rmin" "$rmax" "${LLR_FLAGS[@]}"

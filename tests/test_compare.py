@@ -88,3 +88,14 @@ def test_report_pairs_llr_with_its_baselines(tmp_path):
     assert "-1.000, -1.000" in rows["LLR − Uniform"]
     assert "-2.500, -2.500" in rows["AlphaDecay + LLR − AlphaDecay"]
     assert "| adamw | 0.1 | AlphaDecay + LLR | 2 | 28.550 ± 0.071 |" in done.stdout
+
+
+def test_muon_grid_runs_uniform_alphadecay_and_llr_under_muon(tmp_path):
+    out = subprocess.run(["bash", str(REPO / "scripts" / "compare_strategies.sh")], capture_output=True, text=True,
+                         env={**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), "GRID": "muon"}, check=True).stdout
+    commands = [shlex.split(line) for line in out.splitlines() if "torchrun_main.py" in line]
+    parsed = [parse_args(c[c.index("torchrun_main.py") + 1:]) for c in commands]
+    assert sorted((a.optimizer, a.strategy, a.lr_strategy, a.seed) for a in parsed) == sorted(
+        ("muon", s, lr, seed) for s, lr in (("uniform", "uniform"), ("alphadecay", "uniform"), ("uniform", "llr"))
+        for seed in (5, 6, 7))
+    assert {(a.wd_min_ratio, a.wd_max_ratio) for a in parsed if a.strategy == "alphadecay"} == {(0.6666, 5.0)}
