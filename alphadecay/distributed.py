@@ -75,6 +75,12 @@ def local_part(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+def chunk_rows(n: int, world: int) -> tuple[int, list[int]]:
+    """torch.chunk's (FSDP2's) row split of ``n`` rows: the block size and each rank's row count."""
+    rows = -(-n // world)
+    return rows, [max(0, min(rows, n - r * rows)) for r in range(world)]
+
+
 def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
     """The whole of a sharded ``weight`` on global rank ``dst`` (None on other ranks). Collective.
 
@@ -88,8 +94,7 @@ def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
         group = mesh.get_group()
         world, me = dist.get_world_size(group), dist.get_rank(group)
         target = dist.get_group_rank(group, dst)
-        rows = -(-weight.shape[0] // world)
-        count = [max(0, min(rows, weight.shape[0] - r * rows)) for r in range(world)]
+        rows, count = chunk_rows(weight.shape[0], world)
         local = weight.to_local().detach()
         if local.shape[0] != count[me]:
             raise RuntimeError(f"full_on: rank {me} holds {local.shape[0]} rows of a {tuple(weight.shape)} "

@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.optim._muon import _adjust_lr, _single_tensor_muon, _zeropower_via_newtonschulz
 from torch.optim.optimizer import _to_scalar
 
-from .distributed import assign_owners, full_on, is_sharded
+from .distributed import assign_owners, chunk_rows, full_on, is_sharded
 
 
 def _row_sharded(param: DTensor) -> bool:
@@ -41,7 +41,7 @@ def exchange_bytes(shapes, world_size: int) -> int:
     owner = assign_owners([newton_schulz_cost(s) for s in shapes], world_size)
     total = 0
     for (a, b), r in zip(shapes, owner):
-        total += 2 * (a - _chunk_rows(a, world_size)[1][r]) * b * 2
+        total += 2 * (a - chunk_rows(a, world_size)[1][r]) * b * 2
     return total
 
 
@@ -142,17 +142,11 @@ def _step_row_sharded(items: list, orthogonalise=_orthogonalise) -> None:
             _apply(param, _scatter_rows(ortho if owner[i] == me else None, param, owner[i], mesh_group), group)
 
 
-def _chunk_rows(n: int, world: int) -> tuple[int, list[int]]:
-    """torch.chunk's (FSDP2's) row split: the block size and each rank's row count."""
-    rows = -(-n // world)
-    return rows, [max(0, min(rows, n - r * rows)) for r in range(world)]
-
-
 def _scatter_rows(full: torch.Tensor | None, param: DTensor, src: int, group) -> torch.Tensor:
     """This rank's rows of ``full``, which group rank ``src`` holds. Collective. As ``distributed.full_on`` in
     reverse: each rank's rows sent point-to-point, no padded copy and no staging buffer."""
     world, me = dist.get_world_size(group), dist.get_rank(group)
-    rows, count = _chunk_rows(param.shape[0], world)
+    rows, count = chunk_rows(param.shape[0], world)
     out = torch.empty((count[me], *param.shape[1:]), dtype=torch.bfloat16, device=param.to_local().device)
     if me != src:
         if count[me]:
