@@ -18,6 +18,10 @@ by name reaches whichever optimizer holds the module.
 to AdamW's RMS (0.2 * sqrt(max(A, B)), Moonshot's paper), so AdamW's learning rate and decoupled decay carry over
 unchanged. The Muon groups' ``lr`` is in the units of ``lr`` (what the scheduler and LLR write); ``muon_lr``
 rescales the Muon half at each step by ``muon_lr / lr``, per-module LLR base LRs included.
+
+``ns_dtype="bfloat16"`` (the default) is torch's Newton-Schulz, and without sharding torch.optim.Muon itself;
+``"float32"`` runs the same iteration in float32 (``alphadecay.newton_schulz``: CPU runs, where bf16 matmuls are
+slow, and agreement across ranks) through ShardedMuon, which keeps it in every group and so in the state_dict.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import torch.nn as nn
 from .distributed import is_sharded
 from .esd import linear_modules
 from .llr import output_layer_name
-from .muon_fsdp import ShardedMuon
+from .muon_fsdp import ShardedMuon, check_same_ns_dtype
+from .newton_schulz import NS_DTYPES
 
 ADJUST_LR_FNS = ("match_rms_adamw", "original")
 
@@ -97,7 +102,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, lr: float, muon_lr: float | None = None,
                  momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
-                 adjust_lr_fn: str = "match_rms_adamw", adamw_options: dict | None = None):
+                 adjust_lr_fn: str = "match_rms_adamw", ns_dtype: str = "bfloat16",
+                 adamw_options: dict | None = None):
         if not muon_groups:
             raise ValueError("MuonWithAdamW needs at least one Muon group (split_muon_groups builds them)")
         checks = [(lr > 0 and math.isfinite(lr), f"lr must be positive, got {lr}"),
@@ -106,16 +112,23 @@ class MuonWithAdamW(torch.optim.Optimizer):
                   (0 <= momentum < 1, f"momentum must be in [0, 1), got {momentum}"),
                   (1 <= ns_steps < 100, f"ns_steps must be in [1, 99], got {ns_steps}"),
                   (adjust_lr_fn in ADJUST_LR_FNS, f"unknown adjust_lr_fn {adjust_lr_fn!r}; choose one of "
-                                                  f"{', '.join(ADJUST_LR_FNS)}")]
+                                                  f"{', '.join(ADJUST_LR_FNS)}"),
+                  (ns_dtype in NS_DTYPES, f"unknown ns_dtype {ns_dtype!r}; choose one of {', '.join(NS_DTYPES)}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.lr_ratio = 1.0 if muon_lr is None else float(muon_lr) / float(lr)
+        self.ns_dtype = ns_dtype
         # Under FSDP2 torch's Newton-Schulz would orthogonalise each rank's row shard: ShardedMuon gathers each
-        # matrix's update to one rank instead (same state and groups as torch's Muon).
+        # matrix's update to one rank instead (same state and groups as torch's Muon). float32 Newton-Schulz is
+        # ShardedMuon's too, sharded or not.
         sharded = any(is_sharded(p) for g in muon_groups for p in g["params"])
-        self.muon = (ShardedMuon if sharded else torch.optim.Muon)(
-            muon_groups, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        options = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
+                   "adjust_lr_fn": adjust_lr_fn}
+        if sharded or ns_dtype != "bfloat16":
+            self.muon = ShardedMuon(muon_groups, ns_dtype=ns_dtype, **options)
+        else:
+            self.muon = torch.optim.Muon(muon_groups, **options)
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, **(adamw_options or {})) if adamw_groups else None
         super().__init__(self._groups(), defaults={})
         self._sync()
@@ -169,6 +182,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if (state_dict["adamw"] is None) != (self.adamw is None):
             raise ValueError("the optimizer state has " + ("no" if state_dict["adamw"] is None else "an")
                              + " AdamW half, this optimizer " + ("has" if self.adamw is not None else "has none"))
+        for saved in state_dict["muon"].get("param_groups", []):   # torch's Muon would ignore a float32 state's
+            check_same_ns_dtype(saved.get("ns_dtype", "bfloat16"), self.ns_dtype)
         self.muon.load_state_dict(state_dict["muon"])
         if self.adamw is not None:
             self.adamw.load_state_dict(state_dict["adamw"])
@@ -176,7 +191,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"MuonWithAdamW(muon={len(self.muon.param_groups)} groups, adamw=" \
-               f"{0 if self.adamw is None else len(self.adamw.param_groups)} groups, muon_lr_ratio={self.lr_ratio})"
+               f"{0 if self.adamw is None else len(self.adamw.param_groups)} groups, muon_lr_ratio={self.lr_ratio}, ns_dtype={self.ns_dtype})"
 
 
 __all__ = ["ADJUST_LR_FNS", "MuonWithAdamW", "hidden_matrices", "split_muon_groups"]

@@ -207,3 +207,127 @@ def test_muon_lr_without_muon_and_unknown_adjust_fn(monkeypatch, capsys):
     args = parse_args(_flags())
     assert (args.muon_lr, args.muon_momentum, args.muon_nesterov, args.muon_ns_steps, args.muon_adjust_lr_fn) == \
         (None, 0.95, True, 5, "match_rms_adamw")
+
+
+COEFFS = (3.4445, -4.7750, 2.0315)   # torch.optim.Muon's defaults, as its ns_steps 5 and eps 1e-7
+
+
+def textbook_newton_schulz_float32(g, steps=5, eps=1e-7):
+    """Keller Jordan's quintic iteration written out in float32, without addmm."""
+    a, b, c = COEFFS
+    x = g.detach().clone().to(torch.float32)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / torch.clamp(torch.linalg.matrix_norm(x), min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(48, 20), (20, 48)])   # tall (transposed inside) and wide
+def test_float32_newton_schulz_is_torchs_iteration_in_float32(shape):
+    from torch.optim._muon import _zeropower_via_newtonschulz
+    from alphadecay.newton_schulz import newton_schulz
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    before = g.clone()
+    ours = newton_schulz(g, COEFFS, 5, 1e-7, torch.float32)
+    reference = textbook_newton_schulz_float32(g)
+    bf16 = _zeropower_via_newtonschulz(g, COEFFS, 5, 1e-7)
+    assert ours.dtype == torch.float32 and ours.shape == g.shape and torch.equal(g, before)   # not in place
+    assert (ours - reference).abs().max().item() < 1e-5
+    assert (bf16.float() - reference).abs().max().item() > 1e-3     # what float32 is for: bf16 is that far off
+    assert torch.equal(newton_schulz(g, COEFFS, 5, 1e-7, torch.bfloat16), bf16)   # bfloat16: torch's own
+    with pytest.raises(ValueError, match="bfloat16 or float32"):
+        newton_schulz(g, COEFFS, 5, 1e-7, torch.float16)
+
+
+def _muon_reference_step(params, grads, bufs, *, lr, weight_decay, nesterov, momentum=0.95):
+    """torch's Muon step (momentum, Nesterov, decoupled decay, match_rms_adamw) with the float32 iteration above."""
+    for p, g, buf in zip(params, grads, bufs):
+        buf.lerp_(g, 1 - momentum)
+        update = g.lerp(buf, momentum) if nesterov else buf
+        ortho = textbook_newton_schulz_float32(update)
+        p.mul_(1 - lr * weight_decay)
+        p.add_(ortho, alpha=-lr * 0.2 * max(p.shape) ** 0.5)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])   # without Nesterov the update is the momentum buffer itself
+def test_float32_ns_steps_as_a_float32_reference(nesterov):
+    lr = 1e-2
+    runs = {}
+    for ns in ("float32", "bfloat16"):
+        model = tiny_llama()
+        opt = build_optimizer("muon", alphadecay.Uniform(model, 0.1).param_groups(), lr=lr, device=CPU, model=model,
+                              muon={"ns_dtype": ns, "nesterov": nesterov})
+        runs[ns] = (model, opt)
+    assert type(runs["float32"][1].muon) is alphadecay.muon_fsdp.ShardedMuon
+    assert type(runs["bfloat16"][1].muon) is torch.optim.Muon and "ns_dtype" not in runs["bfloat16"][1].muon.defaults
+    assert all(g["ns_dtype"] == "float32" for g in runs["float32"][1].muon.param_groups)
+    ref = tiny_llama()
+    matrices = hidden_matrices(ref)
+    bufs = [torch.zeros_like(p) for p in matrices]
+    for _ in range(3):
+        x = batch()
+        for model, opt in runs.values():
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        ref(input_ids=x, labels=x).loss.backward()
+        with torch.no_grad():
+            _muon_reference_step(matrices, [p.grad for p in matrices], bufs, lr=lr, weight_decay=0.1,
+                                 nesterov=nesterov)
+        ref.zero_grad()
+        with torch.no_grad():   # the reference steps only the Muon half: the AdamW half is the float32 run's
+            for p, q in zip(runs["float32"][0].parameters(), ref.parameters()):
+                if not any(q is m for m in matrices):
+                    q.copy_(p)
+    gap = {ns: max((p - q).abs().max().item() for p, q in zip(hidden_matrices(m), matrices))
+           for ns, (m, _) in runs.items()}
+    assert gap["float32"] < 1e-6 < gap["bfloat16"], gap
+    momentum = [runs["float32"][1].state[p]["momentum_buffer"] for p in hidden_matrices(runs["float32"][0])]
+    assert max((a - b).abs().max().item() for a, b in zip(momentum, bufs)) < 1e-6
+
+
+def test_ns_dtype_is_in_the_state_and_another_is_refused_on_load():
+    def built(ns):
+        model = tiny_llama()
+        opt = build_optimizer("muon", alphadecay.Uniform(model, 0.1).param_groups(), lr=1e-3, device=CPU,
+                              model=model, muon={"ns_dtype": ns})
+        update(model, opt, alphadecay.Uniform(model, 0.1), 0)
+        return model, opt
+    (m32, o32), (m16, o16) = built("float32"), built("bfloat16")
+    state = copy.deepcopy(o32.state_dict())
+    assert {g["ns_dtype"] for g in state["muon"]["param_groups"]} == {"float32"}
+    twin = built("float32")[1]
+    twin.load_state_dict(state)
+    assert all(g["ns_dtype"] == "float32" for g in twin.muon.param_groups)
+    with pytest.raises(ValueError, match="ran Newton-Schulz in float32, this optimizer in bfloat16; resume with "
+                                         "--muon_ns_dtype float32"):
+        o16.load_state_dict(state)
+    with pytest.raises(ValueError, match="in bfloat16, this optimizer in float32; resume with --muon_ns_dtype "
+                                         "bfloat16"):
+        twin.load_state_dict(o16.state_dict())     # torch's Muon's state: no ns_dtype key, bfloat16
+    with pytest.raises(ValueError, match="in bfloat16, this optimizer in float32"):
+        twin.muon.load_state_dict(o16.muon.state_dict())   # DCP loads the halves directly
+    with pytest.raises(ValueError, match="unknown ns_dtype 'float16'"):
+        MuonWithAdamW(*split_muon_groups(alphadecay.Uniform(m16, 0.1).param_groups(), m16), lr=1e-3,
+                      ns_dtype="float16")
+
+
+def test_muon_ns_dtype_flag(monkeypatch, capsys):
+    from alphadecay.training.flags.muon import muon_options
+    monkeypatch.chdir(alphadecay.__file__.rsplit("/alphadecay/", 1)[0])
+    assert muon_options(parse_args(_flags()))["ns_dtype"] == "bfloat16"
+    assert muon_options(parse_args(_flags("--muon_ns_dtype", "float32")))["ns_dtype"] == "float32"
+    argv = _flags("--muon_ns_dtype", "float32")
+    argv[argv.index("muon")] = "adamw"
+    with pytest.raises(ConfigError) as e:
+        parse_args(argv)
+    assert "--muon_ns_dtype float32 needs --optimizer muon" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        parse_args(_flags("--muon_ns_dtype", "float16"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--muon_ns_dtype" in err and "float32" in err and len(err.splitlines()) == 1

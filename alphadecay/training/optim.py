@@ -48,7 +48,7 @@ def build_optimizer(name: str, param_groups: list[dict], *, lr: float, device: t
                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
     """``adam`` (coupled L2 decay, the paper's Table 2) or ``adamw`` (decoupled, Table 12) over the strategy's groups;
     ``muon``: Muon over the hidden matrices of ``model`` and AdamW over the rest (``alphadecay.MuonWithAdamW``, with
-    ``muon``: its keyword options muon_lr, momentum, nesterov, ns_steps, adjust_lr_fn). ``betas``: every Adam(W)
+    ``muon``: its keyword options muon_lr, momentum, nesterov, ns_steps, adjust_lr_fn, ns_dtype). ``betas``: every Adam(W)
     group's, Muon's AdamW half included."""
     # Fused kernels (CUDA and CPU): one pass over each tensor for the whole update. On CPU, LLaMA-20M:
     # 10 ms per step against foreach's 30 ms and the for-loop's 62 ms.

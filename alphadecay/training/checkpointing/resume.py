@@ -45,6 +45,9 @@ NOT_COMPARED = frozenset((
     "use_modulewise_wd", "use_AWD_NeurIPS2023",                 # spelled through --strategy, which is compared
     "use_modulewise_lr",                                        # spelled through --lr_strategy, which is compared
     "fsdp"))   # the checkpoint's optimizer format says it (check_format), also for checkpoints without flags
+# Flags added after checkpoints began recording theirs, with the value every run before them had: a record
+# without one is compared as that value, so an older checkpoint cannot be resumed under another.
+ADDED_LATER = {"muon_ns_dtype": "bfloat16"}   # torch's bf16 Newton-Schulz was Muon's only one
 
 
 def flags_record(args) -> dict:
@@ -107,7 +110,7 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
         print(f"warning: checkpoint {path} records no flags (written by an older version): the flags of this run "
               f"are taken as they are", file=sys.stderr)
         return {}
-    old, new = saved["args"], vars(args)
+    old, new = {**ADDED_LATER, **saved["args"]}, vars(args)
     per_group_lrs = getattr(args, "lr_strategy", None) in ("llr", "sharpness") or args.optimizer == "muon"
     may_change = MAY_CHANGE - _FIXED_UNDER_LLR if per_group_lrs else MAY_CHANGE
     for flag in sorted(set(old) & set(new) - may_change - NOT_COMPARED):

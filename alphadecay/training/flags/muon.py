@@ -12,6 +12,7 @@ import math
 from ...cli import parse_bool
 from ...errors import ConfigError
 from ...muon import ADJUST_LR_FNS
+from ...newton_schulz import NS_DTYPES
 
 
 def add_muon_flags(p: argparse.ArgumentParser) -> None:
@@ -26,6 +27,10 @@ def add_muon_flags(p: argparse.ArgumentParser) -> None:
                    help="match_rms_adamw: updates at AdamW's RMS, 0.2 sqrt(max(A, B)) (Moonshot), so --lr and "
                         "--weight_decay carry over; original: Keller Jordan's sqrt(max(1, A/B)) (needs a larger "
                         "--muon_lr, e.g. 0.02)")
+    g.add_argument("--muon_ns_dtype", default="bfloat16", choices=tuple(NS_DTYPES),
+                   help="dtype of the Newton-Schulz iteration (default bfloat16, torch's); float32 for CPU runs "
+                        "(bf16 matmuls are slow there) and for exact agreement across ranks (FSDP2 against one "
+                        "process); under --fsdp the update then crosses ranks in float32, twice the bytes")
 
 
 def check_muon_flags(args) -> None:
@@ -36,6 +41,8 @@ def check_muon_flags(args) -> None:
     muon = args.optimizer == "muon"
     require(args.muon_lr is None or muon, f"--muon_lr {args.muon_lr} needs --optimizer muon; drop it or pass "
                                           f"--optimizer muon")
+    require(args.muon_ns_dtype == "bfloat16" or muon, f"--muon_ns_dtype {args.muon_ns_dtype} needs --optimizer "
+                                                      f"muon; drop it or pass --optimizer muon")
     require(args.muon_lr is None or (math.isfinite(args.muon_lr) and args.muon_lr > 0),
             f"--muon_lr must be positive and finite, got {args.muon_lr}; pass a value such as --lr's, or drop it")
     require(math.isfinite(args.muon_momentum) and 0 <= args.muon_momentum < 1,
@@ -48,4 +55,4 @@ def muon_options(args) -> dict | None:
     if args.optimizer != "muon":
         return None
     return {"muon_lr": args.muon_lr, "momentum": args.muon_momentum, "nesterov": args.muon_nesterov,
-            "ns_steps": args.muon_ns_steps, "adjust_lr_fn": args.muon_adjust_lr_fn}
+            "ns_steps": args.muon_ns_steps, "adjust_lr_fn": args.muon_adjust_lr_fn, "ns_dtype": args.muon_ns_dtype}
