@@ -191,7 +191,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"MuonWithAdamW(muon={len(self.muon.param_groups)} groups, adamw=" \
-               f"{0 if self.adamw is None else len(self.adamw.param_groups)} groups, muon_lr_ratio={self.lr_ratio}, ns_dtype={self.ns_dtype})"
+               f"{0 if self.adamw is None else len(self.adamw.param_groups)} groups, muon_lr_ratio={self.lr_ratio}, " \
+               f"ns_dtype={self.ns_dtype})"
 
 
 __all__ = ["ADJUST_LR_FNS", "MuonWithAdamW", "hidden_matrices", "split_muon_groups"]

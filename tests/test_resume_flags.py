@@ -184,3 +184,21 @@ def test_the_same_data_through_another_path_is_not_a_change(tmp_path, finished, 
     assert [r["step"] for r in records(run, "train")][-1] == 3
     assert not resume._same_value("dataset_path", str(DATA_DIR / "a.json"), str(DATA_DIR / "b.json"))
     assert not resume._same_value("seed", 1, 2)
+
+
+def test_muon_ns_dtype_cannot_change_on_resume(tmp_path):
+    """--muon_ns_dtype changes every update: refused in one line, also against a record written before the flag."""
+    assert set(resume.ADDED_LATER) <= {a.dest for a in build_parser()._actions}
+    muon = tiny_run_flags(tmp_path / "run", steps=4, optimizer="muon", **BASE) + data_flags(DATA_DIR)
+    record = resume.flags_record(parse_args(muon))
+    float32 = parse_args(muon + ["--muon_ns_dtype", "float32"])
+    assert record["args"]["muon_ns_dtype"] == "bfloat16"
+    with pytest.raises(Exception, match="--muon_ns_dtype cannot change on resume: .* trained with --muon_ns_dtype "
+                                        "bfloat16, this run has --muon_ns_dtype float32; resume with "
+                                        "--muon_ns_dtype bfloat16") as e:
+        resume.compare("ckpt", {"update_step": 2, "run_flags": record}, float32)
+    assert "\n" not in str(e.value)
+    del record["args"]["muon_ns_dtype"]        # a checkpoint from before the flag: torch's bf16 was the only one
+    with pytest.raises(Exception, match="--muon_ns_dtype cannot change on resume"):
+        resume.compare("ckpt", {"update_step": 2, "run_flags": record}, float32)
+    assert resume.compare("ckpt", {"update_step": 2, "run_flags": record}, parse_args(muon)) == {}
