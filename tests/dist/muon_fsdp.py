@@ -1,7 +1,8 @@
 """Muon under FSDP2 (fully_shard per decoder layer, then the root; 2 gloo ranks, float32) against single-process
 torch.optim.Muon: the same weights and momentum after 5 updates on the same batches (Uniform, and AlphaDecay's
 per-module decays), and bit for bit the same step when both see the same gradients (uneven row shards, other
-layouts, per-group lr and decay).
+layouts, per-group lr and decay). With float32 Newton-Schulz (``ns_dtype="float32"``) FSDP2 against one process
+on the whole batch, one backward.
 
 torchrun --nproc_per_node=2 tests/dist/muon_fsdp.py OUT_DIR   (CPU, gloo)
 """
@@ -27,10 +28,10 @@ CPU = torch.device("cpu")
 STRATEGIES = {"uniform": {}, "alphadecay": {"update_every": 2, "eigs_thresh": 1}}
 
 
-def setup(model, name):
+def setup(model, name, ns_dtype="bfloat16"):
     policy = alphadecay.build_strategy(name, model, 0.1, **STRATEGIES[name])
     opt = build_optimizer("muon", policy.param_groups(), lr=3e-3, device=CPU, model=model,
-                          muon={"muon_lr": 6e-3})
+                          muon={"muon_lr": 6e-3, "ns_dtype": ns_dtype})
     policy.initial_assignment(opt)
     return policy, opt, build_scheduler(opt, "cosine", total=8, warmup=2, min_ratio=0.1)
 
@@ -38,30 +39,35 @@ def setup(model, name):
 def train_both(name, steps=5):
     """Three runs of one tiny LLaMA on the same batches: FSDP2 (each rank takes half of each batch), single-process
     torch Muon on the mean of the two halves' gradients (``halves``: the same sum as FSDP2's reduce-scatter, so
-    the same gradients bit for bit), and single-process torch Muon on the whole batch at once (``plain``)."""
+    the same gradients bit for bit), and single-process torch Muon on the whole batch at once (``plain``); then
+    the three again with float32 Newton-Schulz (``fsdp32``, ``halves32``, ``plain32``)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     plain = tiny_llama()
-    halves, sharded = copy.deepcopy(plain), copy.deepcopy(plain)
-    for layer in sharded.model.layers:
-        fully_shard(layer)
-    fully_shard(sharded)
-    runs = {k: (m, *setup(m, name)) for k, m in
-            (("plain", plain), ("halves", halves), ("fsdp", sharded))}
+    halves, sharded, plain32, halves32, sharded32 = (copy.deepcopy(plain) for _ in range(5))
+    for model in (sharded, sharded32):
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    runs = {k: (m, *setup(m, name, "float32" if k.endswith("32") else "bfloat16")) for k, m in
+            (("plain", plain), ("halves", halves), ("fsdp", sharded),
+             ("plain32", plain32), ("halves32", halves32), ("fsdp32", sharded32))}
     assert type(runs["fsdp"][2].muon) is ShardedMuon and type(runs["plain"][2].muon) is torch.optim.Muon
+    assert all(g["ns_dtype"] == "float32" for k in ("plain32", "halves32", "fsdp32")
+               for g in runs[k][2].muon.param_groups)
     losses = {k: [] for k in runs}
     for t in range(steps):
         ids = torch.randint(0, 500, (2 * world, 16), generator=torch.Generator().manual_seed(t))
         for key, (model, policy, opt, sched) in runs.items():
-            if key == "fsdp":   # equal sizes: FSDP2's mean of the ranks' means is the whole batch's mean
+            if key.startswith("fsdp"):   # equal sizes: FSDP2's mean of the ranks' means is the whole batch's mean
                 loss = model(input_ids=ids.chunk(world)[rank], labels=ids.chunk(world)[rank]).loss
                 loss.backward()
                 loss = loss.detach().clone()
                 dist.all_reduce(loss)
                 loss /= world
-            elif key == "halves":
+            elif key.startswith("halves"):
                 loss = sum(model(input_ids=x, labels=x).loss for x in ids.chunk(world)) / world
                 loss.backward()
-            else:
+            else:   # plain, plain32: the whole batch, one backward
                 loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
             losses[key].append(loss.item())
@@ -79,12 +85,16 @@ def train_both(name, steps=5):
         states = [(s, ib.state[index[p]][k]) for ia, ib in zip(oa.optimizers, ob.optimizers)   # momentum, moments
                   for p, st in ia.state.items() for k, s in st.items() if s.ndim]
         wd = [{g["name"]: g["weight_decay"] for g in o.muon.param_groups} for o in (oa, ob)]
+        muon_held = {id(p) for g in oa.muon.param_groups for p in g["params"]}
         return {"weights": max((full(p) - full(q)).abs().max().item() for p, q in pairs),
+                "muon_weights": max((full(p) - full(q)).abs().max().item() for p, q in pairs if id(p) in muon_held),
                 "states": max((full(x) - full(y)).abs().max().item() for x, y in states), "n_states": len(states),
                 "decays_equal": wd[0] == wd[1]}
 
     opt = runs["fsdp"][2]
     return {"halves": gap("halves", "fsdp"), "plain": gap("plain", "fsdp"), "plain_halves": gap("plain", "halves"),
+            "float32": gap("plain32", "fsdp32"), "float32_halves": gap("halves32", "fsdp32"),
+            "float32_plain_halves": gap("plain32", "halves32"),
             "losses": losses, "muon_states": len(opt.muon.state),
             "distinct_decays": len({g["weight_decay"] for g in opt.muon.param_groups})}
 
