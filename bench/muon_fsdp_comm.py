@@ -1,5 +1,6 @@
 """Muon under FSDP2: the communication it adds per update (each hidden matrix's bf16 update sent to its owner
-rank, the orthogonalised rows sent back), in bytes and seconds, beside the whole Muon step.
+rank, the orthogonalised rows sent back; float32 under ``--ns_dtype float32``), in bytes and seconds, beside the
+whole Muon step.
 
     torchrun --standalone --nproc_per_node=2 bench/muon_fsdp_comm.py            # LLaMA-20M, float32, CPU, gloo
     torchrun --standalone --nproc_per_node=2 bench/muon_fsdp_comm.py --model_config configs/llama_60m.json
@@ -26,6 +27,7 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from alphadecay import muon_fsdp  # noqa: E402
+from alphadecay.newton_schulz import NS_DTYPES, dtype_of  # noqa: E402
 from alphadecay.strategies import build_strategy  # noqa: E402
 from alphadecay.training.model import build_model  # noqa: E402
 from alphadecay.training.optim import build_optimizer  # noqa: E402
@@ -85,13 +87,16 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model_config", default="configs/llama_20m.json")
     p.add_argument("--repeat", type=int, default=2, help="timed rounds of each figure; the minimum is kept")
+    p.add_argument("--ns_dtype", default="bfloat16", choices=tuple(NS_DTYPES),
+                   help="Muon's Newton-Schulz dtype, the exchange's too (--muon_ns_dtype; bfloat16 is torch's)")
     p.add_argument("--json", default=None, help="also write the row to this file (rank 0)")
     args = p.parse_args(argv)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = _sharded_model(args.model_config)
     policy = build_strategy("uniform", model, 0.1)
-    optimizer = build_optimizer("muon", policy.param_groups(), lr=1e-4, device=CPU, model=model)
+    optimizer = build_optimizer("muon", policy.param_groups(), lr=1e-4, device=CPU, model=model,
+                                muon={"ns_dtype": args.ns_dtype})
     muon = optimizer.muon
     assert isinstance(muon, muon_fsdp.ShardedMuon)
     items = _items(muon)
@@ -108,7 +113,8 @@ def main(argv=None) -> None:
     row = {"bench": "muon_fsdp_exchange", "model": os.path.splitext(os.path.basename(args.model_config))[0],
            "ranks": world, "backend": dist.get_backend(), "threads_per_rank": torch.get_num_threads(),
            "matrices": len(shapes), "muon_params": sum(a * b for a, b in shapes),
-           "exchange_bytes": muon_fsdp.exchange_bytes(shapes, world), "sent_bytes": int(sent.item()),
+           "ns_dtype": args.ns_dtype, "sent_bytes": int(sent.item()),
+           "exchange_bytes": muon_fsdp.exchange_bytes(shapes, world, dtype_of(args.ns_dtype).itemsize),
            "exchange_s": exchange, "muon_step_s": step, "exchange_share": exchange / step}
     if rank == 0:
         print(json.dumps(row), flush=True)

@@ -4,6 +4,7 @@ gradients, same process.
 
     python bench/muon_step.py                                   # LLaMA-20M, float32, CPU
     python bench/muon_step.py --model_config configs/llama_60m.json --steps 5 --repeat 3
+    python bench/muon_step.py --ns_dtype float32                # Muon's Newton-Schulz in float32
 
 Timed: ``optimizer.step()`` alone over fixed random gradients (first figure), and ``strategy.step`` +
 ``optimizer.step()`` (second: AlphaDecay with update_every 1 runs the ESD of every linear module each step).
@@ -21,6 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alphadecay.newton_schulz import NS_DTYPES  # noqa: E402
 from alphadecay.strategies import build_strategy  # noqa: E402
 from alphadecay.training.model import build_model  # noqa: E402
 from alphadecay.training.optim import build_optimizer  # noqa: E402
@@ -36,9 +38,10 @@ def _model(config: str):
     return model
 
 
-def _timer(model, optimizer_name: str, strategy: str, **strategy_kw):
+def _timer(model, optimizer_name: str, strategy: str, ns_dtype: str = "bfloat16", **strategy_kw):
     policy = build_strategy(strategy, model, 0.1, **strategy_kw)
-    optimizer = build_optimizer(optimizer_name, policy.param_groups(), lr=1e-4, device=CPU, model=model)
+    optimizer = build_optimizer(optimizer_name, policy.param_groups(), lr=1e-4, device=CPU, model=model,
+                                muon={"ns_dtype": ns_dtype} if optimizer_name == "muon" else None)
     policy.initial_assignment(optimizer)
     step = [0]
 
@@ -69,19 +72,23 @@ def main(argv=None) -> None:
     p.add_argument("--repeat", type=int, default=3, help="rounds per side; the minimum is kept")
     p.add_argument("--strategy_steps", type=int, default=2, help="steps per round of the AlphaDecay vs Uniform "
                                                                  "figure (each runs an ESD)")
+    p.add_argument("--ns_dtype", default="bfloat16", choices=tuple(NS_DTYPES),
+                   help="Muon's Newton-Schulz dtype (--muon_ns_dtype; bfloat16 is torch's)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     name = os.path.splitext(os.path.basename(args.model_config))[0]
-    common = {"model": name, "device": "cpu", "threads": torch.get_num_threads(), "dtype": "float32"}
+    common = {"model": name, "device": "cpu", "threads": torch.get_num_threads(), "dtype": "float32",
+              "ns_dtype": args.ns_dtype}
     rows = []
 
-    muon, adamw = _compare(_timer(_model(args.model_config), "muon", "uniform"),
+    ns = args.ns_dtype
+    muon, adamw = _compare(_timer(_model(args.model_config), "muon", "uniform", ns),
                            _timer(_model(args.model_config), "adamw", "uniform"), args.steps, args.repeat, False)
     rows.append({"bench": "muon_vs_adamw_step", **common, "muon_step_s": muon, "adamw_step_s": adamw,
                  "ratio_muon_over_adamw": muon / adamw})
     ad_kw = {"update_every": 1, "eigs_thresh": 1}
-    alpha, uniform = _compare(_timer(_model(args.model_config), "muon", "alphadecay", **ad_kw),
-                              _timer(_model(args.model_config), "muon", "uniform"), args.strategy_steps,
+    alpha, uniform = _compare(_timer(_model(args.model_config), "muon", "alphadecay", ns, **ad_kw),
+                              _timer(_model(args.model_config), "muon", "uniform", ns), args.strategy_steps,
                               args.repeat, True)
     rows.append({"bench": "muon_alphadecay_every_step_vs_uniform", **common, "alphadecay_step_s": alpha,
                  "uniform_step_s": uniform, "ratio_alphadecay_over_uniform": alpha / uniform})

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
@@ -14,11 +16,13 @@ TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_si
 
 
 def test_muon_bench_prints_its_ratios(tmp_path):
+    ns_dtype = "float32"   # not the default: the flag reaches the Muon timers (the bf16 path is the same code)
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "muon_step.py"), "--model_config", str(config),
-                           "--steps", "1", "--repeat", "1", "--strategy_steps", "1", "--json", str(out)],
+                           "--steps", "1", "--repeat", "1", "--strategy_steps", "1", "--json", str(out),
+                           "--ns_dtype", ns_dtype],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -26,21 +30,24 @@ def test_muon_bench_prints_its_ratios(tmp_path):
     assert rows == json.loads(out.read_text())
     assert [r["bench"] for r in rows] == ["muon_vs_adamw_step", "muon_alphadecay_every_step_vs_uniform"]
     for r, key in zip(rows, ("ratio_muon_over_adamw", "ratio_alphadecay_over_uniform")):
-        assert math.isfinite(r[key]) and r[key] > 0 and r["model"] == "tiny"
+        assert math.isfinite(r[key]) and r[key] > 0 and r["model"] == "tiny" and r["ns_dtype"] == ns_dtype
 
 
-def test_muon_fsdp_comm_bench_counts_what_it_predicts(tmp_path):
+@pytest.mark.parametrize("ns_dtype, element_size", [("bfloat16", 2), ("float32", 4)])
+def test_muon_fsdp_comm_bench_counts_what_it_predicts(tmp_path, ns_dtype, element_size):
     """bench/muon_fsdp_comm.py on 2 gloo ranks at toy size: the bytes handed to isend are exchange_bytes's."""
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "bench" / "muon_fsdp_comm.py"), "--model_config", str(config), "--repeat", "1"],
+                           str(REPO / "bench" / "muon_fsdp_comm.py"), "--model_config", str(config), "--repeat", "1",
+                           "--ns_dtype", ns_dtype],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     # 14 matrices (q, k, v, o: 32x32; gate, up: 64x32; down: 32x64; 2 layers); each owner lacks half of its
-    # matrix's rows, which cross in bf16 (2 bytes) each way: 2 bytes per Muon parameter
+    # matrix's rows, which cross in bf16 (2 bytes) each way: 2 bytes per Muon parameter; float32: 4
     assert row["matrices"] == 14 and row["muon_params"] == 2 * (4 * 32 * 32 + 3 * 64 * 32)
-    assert row["sent_bytes"] == row["exchange_bytes"] == 2 * row["muon_params"]
+    assert row["sent_bytes"] == row["exchange_bytes"] == element_size * row["muon_params"]
+    assert row["ns_dtype"] == ns_dtype
     assert 0 < row["exchange_s"] and 0 < row["muon_step_s"] and row["backend"] == "gloo"
