@@ -26,18 +26,21 @@ from common import machine, median  # noqa: E402
 SIZES = {"llama_60m": 256, "llama_130m": 256, "llama_350m": 128, "llama_1b": 16}
 
 
-def run(cmd: list[str], env: dict | None = None, timeout: int = 600) -> dict:
+def run(cmd: list[str], env: dict | None = None, timeout: int = 600, keep_stdout: bool = False) -> dict:
     start = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
     tail = (proc.stdout + proc.stderr)[-3000:]
-    return {"command": " ".join(cmd), "rc": proc.returncode, "seconds": round(time.time() - start, 1), "tail": tail}
+    result = {"command": " ".join(cmd), "rc": proc.returncode, "seconds": round(time.time() - start, 1), "tail": tail}
+    return {**result, "stdout": proc.stdout[-3000:]} if keep_stdout else result
 
 
 def part_tests(smoke: bool) -> dict:
     env = {"ALPHADECAY_TEST_DEVICE": "cpu", "ALPHADECAY_COMPILE_BACKEND": "aot_eager"} if smoke else {}
-    result = run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], env)
-    result["summary"] = result["tail"].strip().splitlines()[-1] if result["tail"].strip() else ""
+    result = run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], env, keep_stdout=True)
+    # pytest's closing line is the last of its stdout; plugins (pytest-benchmark under xdist) warn on stderr after it.
+    lines = result.pop("stdout").strip().splitlines()
+    result["summary"] = lines[-1] if lines else ""
     return result
 
 
