@@ -205,7 +205,7 @@ def run(args) -> dict:
     from ..integrations import AlphaDecayCallback, RunLoggerCallback, create_optimizer
     from ..training.checkpointing.checkpoint import Checkpointer
     from ..training.logger import RunLogger, WandbSettings
-    from ..training.model import count_params
+    from ..training.update import count_params
     from ..training.optim import strategy_from_args
 
     spec = TASKS[args.task]

@@ -136,8 +136,7 @@ def train(args) -> dict:
 
     from ..training.checkpointing.checkpoint import Checkpointer
     from ..training.logger import RunLogger, WandbSettings, progress_bar
-    from ..training.loop import agree_across_ranks, clip_gradients
-    from ..training.model import count_params
+    from ..training.update import agree_across_ranks, clip_gradients, count_params
     from ..training.optim import build_optimizer, strategy_from_args
     from ..training.parallel.wrap import parallelize
     from ..training.parallel.runtime import StopSignal, process_group, setup

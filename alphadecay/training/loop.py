@@ -28,7 +28,6 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from ..distributed import is_sharded
 from ..errors import ConfigError, NonFiniteError, one_line, print_error
 from .flags.args import parse_args
 from .callbacks import Callback, TrainState
@@ -38,10 +37,11 @@ from .evaluate import Evaluator
 from .flops import Throughput, training_flops_per_token
 from .logger import RunLogger, WandbSettings, progress_bar
 from .loss import NextTokenLoss
-from .model import build_model, build_model_on_meta, count_params, vocab_guard
+from .model import build_model, build_model_on_meta, vocab_guard
 from .flags.muon import muon_options
 from .optim import build_optimizer, build_scheduler, strategy_from_args
 from .parallel.wrap import Parallelized, parallelize
+from .update import agree_across_ranks, clip_gradients, count_params
 from .parallel.precision import resolve_precision
 from .checkpointing import resume
 from .checkpointing.run_lock import RunLock
@@ -243,15 +243,6 @@ def _next_batch(batches, state: TrainState, total: int) -> dict:
                           f"fewer --num_training_steps") from None
 
 
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """The global gradient norm (clipped to ``max_norm`` when it is not 0); a plain tensor under FSDP2 too."""
-    if max_norm:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    else:   # the norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    return norm.full_tensor() if is_sharded(norm) else norm    # FSDP2: the norm over every shard
-
-
 def accumulate_gradients(net: Parallelized, micro_inputs: list[dict], rt,
                          on_loss: Callable[[int, torch.Tensor], torch.Tensor] = lambda micro, loss: loss):
     """The backward of one update over this rank's micro-batches (``loss_fn.inputs`` of each), gradients
@@ -276,16 +267,6 @@ def token_weights(micro_inputs: list[dict], rt) -> tuple[torch.Tensor, torch.Ten
     if rt.distributed:
         dist.all_reduce(count)
     return count, rt.world_size / count     # true division: a float32 factor; inf (a non-finite loss) at 0
-
-
-def agree_across_ranks(mean_loss: torch.Tensor, local_tokens: int, stopping: bool, rt) -> tuple[float, float, float]:
-    """(loss averaged over ranks, tokens summed over ranks, number of ranks asked to stop)."""
-    stats = torch.stack([mean_loss, torch.tensor(float(local_tokens), device=rt.device),
-                         torch.tensor(float(stopping), device=rt.device)])
-    if rt.distributed:
-        dist.all_reduce(stats)
-    loss, tokens, votes = (stats / torch.tensor([rt.world_size, 1, 1], device=rt.device)).tolist()
-    return loss, tokens, votes
 
 
 def _likely_cause(tokens: float, grad_norm: float, optimizer) -> str:

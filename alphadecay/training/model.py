@@ -84,12 +84,6 @@ def build_model_on_meta(config_path: str, *, dtype: torch.dtype, seed: int, acti
     return model.to(dtype=dtype), init
 
 
-def count_params(model: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    return {"params": total, "non_embedding_params": total - embed}
-
-
 def vocab_guard(model: torch.nn.Module, tokenizer):
     """Map token ids the model has no embedding row for to <unk>.
 
