@@ -83,20 +83,11 @@ class _CountSends:
         dist.batch_isend_irecv = self._real
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model_config", default="configs/llama_20m.json")
-    p.add_argument("--repeat", type=int, default=2, help="timed rounds of each figure; the minimum is kept")
-    p.add_argument("--ns_dtype", default="bfloat16", choices=tuple(NS_DTYPES),
-                   help="Muon's Newton-Schulz dtype, the exchange's too (--muon_ns_dtype; bfloat16 is torch's)")
-    p.add_argument("--json", default=None, help="also write the row to this file (rank 0)")
-    args = p.parse_args(argv)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    model = _sharded_model(args.model_config)
+def _measure(model, model_config: str, ns_dtype: str, repeat: int) -> dict:
+    world = dist.get_world_size()
     policy = build_strategy("uniform", model, 0.1)
     optimizer = build_optimizer("muon", policy.param_groups(), lr=1e-4, device=CPU, model=model,
-                                muon={"ns_dtype": args.ns_dtype})
+                                muon={"ns_dtype": ns_dtype})
     muon = optimizer.muon
     assert isinstance(muon, muon_fsdp.ShardedMuon)
     items = _items(muon)
@@ -107,20 +98,41 @@ def main(argv=None) -> None:
     sent = torch.tensor([sends.bytes], dtype=torch.float64)
     dist.all_reduce(sent)
     exchange = min(_slowest(lambda: muon_fsdp._step_row_sharded(items, orthogonalise=identity))
-                   for _ in range(args.repeat))
+                   for _ in range(repeat))
     muon.step()
-    step = min(_slowest(muon.step) for _ in range(args.repeat))
-    row = {"bench": "muon_fsdp_exchange", "model": os.path.splitext(os.path.basename(args.model_config))[0],
-           "ranks": world, "backend": dist.get_backend(), "threads_per_rank": torch.get_num_threads(),
-           "matrices": len(shapes), "muon_params": sum(a * b for a, b in shapes),
-           "ns_dtype": args.ns_dtype, "sent_bytes": int(sent.item()),
-           "exchange_bytes": muon_fsdp.exchange_bytes(shapes, world, dtype_of(args.ns_dtype).itemsize),
-           "exchange_s": exchange, "muon_step_s": step, "exchange_share": exchange / step}
+    step = min(_slowest(muon.step) for _ in range(repeat))
+    return {"bench": "muon_fsdp_exchange", "model": os.path.splitext(os.path.basename(model_config))[0],
+            "ranks": world, "backend": dist.get_backend(), "threads_per_rank": torch.get_num_threads(),
+            "matrices": len(shapes), "muon_params": sum(a * b for a, b in shapes),
+            "ns_dtype": ns_dtype, "sent_bytes": int(sent.item()),
+            "exchange_bytes": muon_fsdp.exchange_bytes(shapes, world, dtype_of(ns_dtype).itemsize),
+            "exchange_s": exchange, "muon_step_s": step, "exchange_share": exchange / step}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model_config", default="configs/llama_20m.json")
+    p.add_argument("--repeat", type=int, default=2, help="timed rounds of each figure; the minimum is kept")
+    p.add_argument("--ns_dtype", default="bfloat16",
+                   help="Muon's Newton-Schulz dtype, the exchange's too (--muon_ns_dtype; bfloat16 is torch's); "
+                        "a comma list (bfloat16,float32) measures each in one launch, one row each")
+    p.add_argument("--json", default=None, help="also write the row (a list of rows for several dtypes) to this file "
+                                                "(rank 0)")
+    args = p.parse_args(argv)
+    dtypes = args.ns_dtype.split(",")
+    for name in dtypes:
+        if name not in NS_DTYPES:
+            p.error(f"--ns_dtype {name!r} is not one of {', '.join(NS_DTYPES)}")
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = _sharded_model(args.model_config)
+    rows = [_measure(model, args.model_config, name, args.repeat) for name in dtypes]
     if rank == 0:
-        print(json.dumps(row), flush=True)
+        for row in rows:
+            print(json.dumps(row), flush=True)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(row, f, indent=1)
+                json.dump(rows[0] if len(rows) == 1 else rows, f, indent=1)
     dist.destroy_process_group()
 
 

@@ -33,21 +33,22 @@ def test_muon_bench_prints_its_ratios(tmp_path):
         assert math.isfinite(r[key]) and r[key] > 0 and r["model"] == "tiny" and r["ns_dtype"] == ns_dtype
 
 
-@pytest.mark.parametrize("ns_dtype, element_size", [("bfloat16", 2), ("float32", 4)])
-def test_muon_fsdp_comm_bench_counts_what_it_predicts(tmp_path, ns_dtype, element_size):
-    """bench/muon_fsdp_comm.py on 2 gloo ranks at toy size: the bytes handed to isend are exchange_bytes's."""
+def test_muon_fsdp_comm_bench_counts_what_it_predicts(tmp_path):
+    """bench/muon_fsdp_comm.py on 2 gloo ranks at toy size, both exchange dtypes in one launch: the bytes handed
+    to isend are exchange_bytes's."""
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(REPO / "bench" / "muon_fsdp_comm.py"), "--model_config", str(config), "--repeat", "1",
-                           "--ns_dtype", ns_dtype],
+                           "--ns_dtype", "bfloat16,float32"],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (row,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    # 14 matrices (q, k, v, o: 32x32; gate, up: 64x32; down: 32x64; 2 layers); each owner lacks half of its
-    # matrix's rows, which cross in bf16 (2 bytes) each way: 2 bytes per Muon parameter; float32: 4
-    assert row["matrices"] == 14 and row["muon_params"] == 2 * (4 * 32 * 32 + 3 * 64 * 32)
-    assert row["sent_bytes"] == row["exchange_bytes"] == element_size * row["muon_params"]
-    assert row["ns_dtype"] == ns_dtype
-    assert 0 < row["exchange_s"] and 0 < row["muon_step_s"] and row["backend"] == "gloo"
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [row["ns_dtype"] for row in rows] == ["bfloat16", "float32"]
+    for row, element_size in zip(rows, (2, 4)):
+        # 14 matrices (q, k, v, o: 32x32; gate, up: 64x32; down: 32x64; 2 layers); each owner lacks half of its
+        # matrix's rows, which cross in bf16 (2 bytes) each way: 2 bytes per Muon parameter; float32: 4
+        assert row["matrices"] == 14 and row["muon_params"] == 2 * (4 * 32 * 32 + 3 * 64 * 32)
+        assert row["sent_bytes"] == row["exchange_bytes"] == element_size * row["muon_params"]
+        assert 0 < row["exchange_s"] and 0 < row["muon_step_s"] and row["backend"] == "gloo"
