@@ -4,16 +4,25 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import alphadecay
 from conftest import tiny_llama, REPO
 
 
-def test_two_ranks_agree_bit_for_bit(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """tests/dist/esd_agreement.py's per-rank results (one launch for the tests of this file)."""
+    out = tmp_path_factory.mktemp("esd_agreement")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "dist" / "esd_agreement.py"), str(tmp_path)],
-                          timeout=300, capture_output=True, text=True)
+                           str(REPO / "tests" / "dist" / "esd_agreement.py"), str(out)],
+                          timeout=300, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_ranks_agree_bit_for_bit(two_ranks):
+    r0, r1 = two_ranks
     assert r0["shared"] == r1["shared"]            # exact equality of every float
     assert r0["analyze"] == r1["analyze"]
     assert r0["alone"] != r1["alone"]              # what the release would do: ranks disagree
@@ -24,10 +33,7 @@ def test_two_ranks_agree_bit_for_bit(tmp_path):
     assert 0 < same < len(single)
 
 
-def test_full_on_assembles_uneven_and_empty_row_shards_on_one_rank():
-    """Each rank's rows go straight into the owner's output (point-to-point), whatever torch.chunk gave it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "dist" / "full_on.py")], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0 and proc.stdout.count("OK []") == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+def test_full_on_assembles_uneven_and_empty_row_shards_on_one_rank(two_ranks):
+    """Each rank's rows go straight into the owner's output (point-to-point), whatever torch.chunk gave it:
+    even, uneven, an empty shard on rank 1, a 3-D weight, to either rank."""
+    assert [r["full_on"] for r in two_ranks] == [[], []]
