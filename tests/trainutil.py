@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Validation tokens of a tiny run: enough for a loss that means something, few enough that the final evaluation
+# of the many launches the suite makes stays cheap.
+EVAL_TOKENS = 1000
 
 
 def data_flags(data_dir: Path) -> list[str]:
@@ -18,7 +21,7 @@ def data_flags(data_dir: Path) -> list[str]:
 def tiny_run_flags(save_dir, steps=20, **over) -> list[str]:
     flags = {"--model_config": str(REPO / "configs" / "llama_9m.json"), "--batch_size": "4", "--max_length": "64",
              "--num_training_steps": str(steps), "--warmup_steps": str(min(2, steps)), "--lr": "3e-3", "--eval_every": "0",
-             "--target_eval_tokens": "3000", "--save_every": "1000", "--workers": "0", "--save_dir": str(save_dir),
+             "--target_eval_tokens": str(EVAL_TOKENS), "--save_every": "1000", "--workers": "0", "--save_dir": str(save_dir),
              "--dtype": "float32", "--seed": "1"}
     flags.update({k if k.startswith("--") else "--" + k: str(v) for k, v in over.items()})
     out = []
