@@ -36,7 +36,7 @@ def test_plugin_on_a_fully_sharded_model_equals_the_unsharded_model(tmp_path):
 
 
 def test_fsdp_training_equals_ddp_resumes_bit_exactly_and_saves_loadable_checkpoints(tmp_path):
-    """The loop under --fsdp (2 ranks, AlphaDecay reassigned every 5 updates, so across the resume point at 8):
+    """The loop under --fsdp (2 ranks, AlphaDecay reassigned every 3 updates, so across the resume point at 4):
     the same decays and losses as DDP, Hugging Face checkpoints, and a resume that reaches the same weights."""
     import torch
     from safetensors.torch import load_file
@@ -50,39 +50,52 @@ def test_fsdp_training_equals_ddp_resumes_bit_exactly_and_saves_loadable_checkpo
         pytest.skip("T5 tokenizer and C4 sample not found (set ALPHADECAY_DATA_DIR)")
 
     def flags(save_dir, *extra):
-        return tiny_run_flags(save_dir, steps=16, save_every=8, eval_every=8, strategy="alphadecay",
-                              weight_decay=0.1, unbalancedWD_every=5) + data_flags(DATA_DIR) + list(extra)
+        return tiny_run_flags(save_dir, steps=8, save_every=4, eval_every=4, strategy="alphadecay",
+                              weight_decay=0.1, unbalancedWD_every=3) + data_flags(DATA_DIR) + list(extra)
 
     fsdp, ddp, resumed = tmp_path / "fsdp", tmp_path / "ddp", tmp_path / "resumed"
     run_cli(flags(fsdp, "--fsdp"), nproc=2)
     run_cli(flags(ddp), nproc=2)
-    assert (fsdp / "model_8" / "optimizer").is_dir() and not (ddp / "model_8" / "optimizer").exists()
+    assert (fsdp / "model_4" / "optimizer").is_dir() and not (ddp / "model_4" / "optimizer").exists()
 
     decays = [[r["module_weight_decay"] for r in records(d, "decay")] for d in (fsdp, ddp)]
-    assert [r["step"] for r in records(fsdp, "decay")] == [0, 5, 10, 15]
+    assert [r["step"] for r in records(fsdp, "decay")] == [0, 3, 6]
     assert decays[0][0] == decays[1][0] and len(set(decays[0][0].values())) > 2    # step 0: equal, bit for bit
     for a, b in zip(*decays):
         assert all(abs(a[k] - b[k]) <= 1e-6 * abs(b[k]) for k in b)
     losses = [[r["loss"] for r in records(d, "train")] for d in (fsdp, ddp)]
-    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(*losses)) and len(losses[0]) == 16
+    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(*losses)) and len(losses[0]) == 8
     assert records(fsdp, "eval") and records(fsdp, "final")
 
-    model = AutoModelForCausalLM.from_pretrained(fsdp / "model_16")
-    twin = AutoModelForCausalLM.from_pretrained(ddp / "model_16")
+    model = AutoModelForCausalLM.from_pretrained(fsdp / "model_8")
+    twin = AutoModelForCausalLM.from_pretrained(ddp / "model_8")
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
 
     resumed.mkdir()
     import shutil
-    shutil.copytree(fsdp / "model_8", resumed / "model_8")
+    shutil.copytree(fsdp / "model_4", resumed / "model_4")
     run_cli(flags(resumed, "--fsdp", "--continue_from", "latest"), nproc=2)
-    whole, again = (load_file(d / "model_16" / "model.safetensors") for d in (fsdp, resumed))
+    whole, again = (load_file(d / "model_8" / "model.safetensors") for d in (fsdp, resumed))
     assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
 
-    wrong = run_cli(flags(resumed, "--continue_from", str(resumed / "model_8")), nproc=2, check=False)
+    wrong = run_cli(flags(resumed, "--continue_from", str(resumed / "model_4")), nproc=2, check=False)
     assert wrong.returncode != 0 and "was written with --fsdp; resume it with --fsdp" in wrong.stderr
-    wrong = run_cli(flags(resumed, "--fsdp", "--continue_from", str(ddp / "model_8")), nproc=2, check=False)
-    assert wrong.returncode != 0 and "was written without --fsdp" in wrong.stderr
+
+
+def test_a_checkpoint_resumes_only_in_its_own_layout():
+    """The other direction of the launch above (a DDP checkpoint resumed with --fsdp), on the check itself."""
+    import pytest
+
+    from alphadecay.errors import ConfigError
+    from alphadecay.training.checkpointing.checkpoint import check_format
+
+    check_format("ddp", {}, sharded=False)
+    check_format("fsdp", {"optimizer_format": "dcp"}, sharded=True)
+    with pytest.raises(ConfigError, match="'ddp' was written without --fsdp; resume it without --fsdp"):
+        check_format("ddp", {}, sharded=True)
+    with pytest.raises(ConfigError, match="'fsdp' was written with --fsdp; resume it with --fsdp"):
+        check_format("fsdp", {"optimizer_format": "dcp"}, sharded=False)
 
 
 def test_launch_script_commands_parse(tmp_path):

@@ -49,15 +49,17 @@ def test_sharded_muon_equals_single_process_muon(tmp_path):
     assert r0["alphadecay"]["distinct_decays"] > 3 and r0["uniform"]["distinct_decays"] == 1
 
 
+# float32 Newton-Schulz: bf16 matmuls are slow on a CPU; the exchange's dtype is the only difference, and the bf16
+# exchange is checked against torch's Muon above.
 MUON = {"optimizer": "muon", "strategy": "alphadecay", "unbalancedWD_every": 2, "weight_decay": 0.1,
-        "eigs_thresh": 1, "muon_lr": 4e-3, "fsdp": ""}
+        "eigs_thresh": 1, "muon_lr": 4e-3, "fsdp": "", "muon_ns_dtype": "float32"}
 
 
 @pytest.mark.usefixtures("c4_dir", "t5_dir")
 def test_fsdp_resume_is_bit_exact(tmp_path):
     """Both halves' states (Muon momentum, AdamW moments) through DCP: a 2-rank FSDP2 run resumed from its
-    checkpoint at 2 (AlphaDecay reassigning at 2, Muon at its own --muon_lr) ends on the uninterrupted run's
-    weights, losses, decays and evaluation, bit for bit."""
+    checkpoint at 2 (AlphaDecay reassigning at 2, Muon at its own --muon_lr, float32 Newton-Schulz kept in the
+    optimizer state) ends on the uninterrupted run's weights, losses, decays and evaluation, bit for bit."""
     steps, k = 4, 2
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run_cli(tiny_run_flags(full, steps=steps, save_every=k, **MUON) + data_flags(DATA_DIR), nproc=2)

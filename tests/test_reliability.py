@@ -1,5 +1,4 @@
 """Preemption, atomic checkpoints, non-finite values, safe loading, logging failures, rank agreement."""
-import json
 import os
 import pickle
 import random
@@ -83,9 +82,9 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path):
             assert load_file(os.path.join(path, "model.safetensors"))
             assert state["update_step"] == int(path.rsplit("_", 1)[1])
         newest = complete[-1][0]
-    proc = run_cli(argv[:argv.index("--num_training_steps") + 1] + ["8"] + argv[argv.index("--num_training_steps") + 2:]
-                   + ["--continue_from", "latest"], check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The run resumes from what survived (in this process: a launch fewer).
+    assert run_main(argv[:argv.index("--num_training_steps") + 1] + ["8"] + argv[argv.index("--num_training_steps") + 2:]
+                    + ["--continue_from", "latest"]) == 0
 
 
 def test_keep_last_k(tmp_path):
@@ -155,18 +154,6 @@ def test_wandb_failures_warn_once_and_never_stop_training(tmp_path, monkeypatch)
         assert run_main(argv[:argv.index("--save_dir") + 1] + [str(tmp_path / "b")]
                         + argv[argv.index("--save_dir") + 2:]) == 0
     assert records(tmp_path / "b", "final")
-
-
-def test_two_ranks_hold_identical_weights_and_decays(tmp_path):
-    argv = tiny_run_flags(tmp_path, steps=6, strategy="alphadecay", unbalancedWD_every=2) + data_flags(DATA_DIR)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(REPO / "tests" / "dist" / "rank_state.py"), str(tmp_path), *argv], cwd=REPO, check=True,
-                   env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}, capture_output=True,
-                   timeout=600)
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert r0["weights"] == r1["weights"]
-    assert r0["decays"] == r1["decays"]
-    assert len(set(r0["decays"].values())) > 2
 
 
 def test_wandb_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):

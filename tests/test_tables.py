@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from trainutil import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_TABLES = REPO / "scripts" / "make_tables.py"
@@ -86,15 +87,14 @@ def real_runs(tmp_path_factory):
         for seed in SEEDS:
             name = f"llama_9m-adam-{method.lower()}-wd1e-5-s{seed}"
             save = root / name
-            cmd = [sys.executable, "torchrun_main.py", "--model_config", "configs/llama_9m.json",
-                   "--optimizer", "adam", "--seed", str(seed), "--lr", "1e-3", "--batch_size", "4",
-                   "--max_length", "64", "--num_training_steps", str(UPDATES), "--warmup_steps", "1",
-                   "--weight_decay", "1e-5", *flags, "--workers", "0", "--no_wandb", "--eval_every", "0",
-                   "--save_every", "1000", "--target_eval_tokens", "2000", "--device", "cpu",
-                   "--dataset_path", str(train), "--eval_dataset_path", str(evalf), "--tokenizer", str(tok),
-                   "--save_dir", str(save), "--name", name]
-            res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=_env())
-            assert res.returncode == 0, res.stderr[-3000:]
+            argv = ["--model_config", str(REPO / "configs" / "llama_9m.json"),
+                    "--optimizer", "adam", "--seed", str(seed), "--lr", "1e-3", "--batch_size", "4",
+                    "--max_length", "64", "--num_training_steps", str(UPDATES), "--warmup_steps", "1",
+                    "--weight_decay", "1e-5", *flags, "--workers", "0", "--no_wandb", "--eval_every", "0",
+                    "--save_every", "1000", "--target_eval_tokens", "1000", "--device", "cpu",
+                    "--dataset_path", str(train), "--eval_dataset_path", str(evalf), "--tokenizer", str(tok),
+                    "--save_dir", str(save), "--name", name]
+            assert run_main(argv) == 0   # in this process: four launches' imports saved
             runs[(method, seed)] = save
 
     # An unfinished run of the Uniform cell: the config of a real run, three updates, no final record.
