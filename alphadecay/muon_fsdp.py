@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.optim._muon import _adjust_lr, _single_tensor_muon
 from torch.optim.optimizer import _to_scalar
 
-from .distributed import assign_owners, chunk_rows, full_on, is_sharded
+from .distributed import assign_owners, chunk_rows, full_on, is_sharded, local_part
 from .newton_schulz import dtype_of, newton_schulz
 
 
@@ -112,10 +112,6 @@ def check_same_ns_dtype(saved: str, mine: str) -> None:
                          f"resume with --muon_ns_dtype {saved}")
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
 def _options(group) -> dict:
     return {"lr": group["lr"], "weight_decay": group["weight_decay"], "momentum": group["momentum"],
             "nesterov": group["nesterov"], "ns_coefficients": group["ns_coefficients"], "ns_steps": group["ns_steps"],
@@ -125,7 +121,7 @@ def _options(group) -> dict:
 def _local_update(grad: torch.Tensor, buf: torch.Tensor, group) -> torch.Tensor:
     """torch's _single_tensor_muon momentum and Nesterov lines on this rank's rows (a plain tensor: all of it),
     cast as Newton-Schulz casts (to the group's ns_dtype)."""
-    g, b = _local(grad), _local(buf)
+    g, b = local_part(grad), local_part(buf)
     momentum = group["momentum"]
     b.lerp_(g, 1 - momentum)
     update = g.lerp(b, momentum) if group["nesterov"] else b
@@ -140,7 +136,7 @@ def _orthogonalise(full: torch.Tensor, group) -> torch.Tensor:
 def _apply(param: torch.Tensor, ortho_local: torch.Tensor, group) -> None:
     """torch's decoupled decay and step, on the local rows, at the lr adjusted for the whole matrix's shape."""
     lr = _to_scalar(group["lr"])
-    local = _local(param)
+    local = local_part(param)
     local.mul_(1 - lr * group["weight_decay"])
     local.add_(ortho_local, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
 
