@@ -2,7 +2,7 @@
 resume that sees another number of GPUs works; old checkpoints with one state per device still load."""
 import torch
 
-from alphadecay.training.checkpointing import checkpoint
+from alphadecay.training.checkpointing import rng
 
 
 class FakeCuda:
@@ -35,22 +35,22 @@ class FakeCuda:
 def test_saves_only_the_current_device_and_restores_it_with_fewer_devices(monkeypatch):
     four = FakeCuda(count=4, current=2)
     four.install(monkeypatch)
-    saved = checkpoint.rng_state()
+    saved = rng.rng_state()
     assert isinstance(saved["cuda"], torch.Tensor) and saved["cuda"].tolist() == [2] * 16
 
     one = FakeCuda(count=1, current=0)          # the resume sees a single GPU
     one.install(monkeypatch)
-    checkpoint.set_rng_state(saved)
+    rng.set_rng_state(saved)
     assert one.states[0].tolist() == [2] * 16
 
 
 def test_old_per_device_lists_still_load(monkeypatch):
-    old = {**checkpoint.rng_state(), "cuda": [torch.full((16,), 10 + i, dtype=torch.uint8) for i in range(4)]}
+    old = {**rng.rng_state(), "cuda": [torch.full((16,), 10 + i, dtype=torch.uint8) for i in range(4)]}
     fake = FakeCuda(count=8, current=3)
     fake.install(monkeypatch)
-    checkpoint.set_rng_state(old)
+    rng.set_rng_state(old)
     assert fake.states[3].tolist() == [13] * 16            # the entry of the current device index
     fake = FakeCuda(count=8, current=6)
     fake.install(monkeypatch)
-    checkpoint.set_rng_state(old)
+    rng.set_rng_state(old)
     assert fake.states[6].tolist() == [10] * 16 and fake.states[0].tolist() == [0] * 16   # past the list: the first
