@@ -1,12 +1,10 @@
 """Two CPU ranks (gloo) apply bit-identical decays even when their replicas differ by round-off."""
-import os
 import json
-import subprocess
-import sys
 
 import pytest
 
 import alphadecay
+import forklaunch
 from conftest import tiny_llama, REPO
 
 
@@ -14,10 +12,7 @@ from conftest import tiny_llama, REPO
 def two_ranks(tmp_path_factory):
     """tests/dist/esd_agreement.py's per-rank results (one launch for the tests of this file)."""
     out = tmp_path_factory.mktemp("esd_agreement")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "dist" / "esd_agreement.py"), str(out)],
-                          timeout=300, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    forklaunch.run_two_ranks(REPO / "tests" / "dist" / "esd_agreement.py", out)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

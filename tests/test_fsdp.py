@@ -2,16 +2,13 @@
 import json
 import math
 import subprocess
-import sys
 
+import forklaunch
 from conftest import REPO
 
 
 def _torchrun(script, *args, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), *map(str, args)], timeout=timeout, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return forklaunch.run_two_ranks(script, *args, timeout=timeout)
 
 
 def _rel(a, b):

@@ -1,12 +1,11 @@
 """FSDP2 at the scale users train: the model built on the meta device and each rank's shard initialised to the
 unsharded build's rows, the Hugging Face folder written file by file, a resume reading only its rows."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
+import forklaunch
 from conftest import REPO
 
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
@@ -62,11 +61,7 @@ def test_two_ranks_shard_exact_weights_write_a_loadable_folder_and_read_only_the
     from alphadecay.training.model import build_model
 
     configs = {name: _config(tmp_path, name, cfg) for name, cfg in (("llama", LLAMA), ("gpt2", GPT2))}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "dist" / "fsdp_meta.py"), str(tmp_path), *configs.values()],
-                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
-                                                                           **__import__("os").environ})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    forklaunch.run_two_ranks(REPO / "tests" / "dist" / "fsdp_meta.py", tmp_path, *configs.values())
     for name, config in configs.items():
         ranks = [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in (0, 1)]
         for r in ranks:
@@ -98,12 +93,9 @@ def test_compile_with_fsdp_compiles_each_block_and_trains_like_eager(tmp_path):
     import os
 
     config = _config(tmp_path, "llama", LLAMA)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "ALPHADECAY_COMPILE_BACKEND": os.environ.get("ALPHADECAY_COMPILE_BACKEND", "aot_eager")}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "dist" / "fsdp_compile.py"), str(tmp_path), config],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    backend = {"ALPHADECAY_COMPILE_BACKEND": os.environ.get("ALPHADECAY_COMPILE_BACKEND", "aot_eager")}
+    forklaunch.run_two_ranks(REPO / "tests" / "dist" / "fsdp_compile.py", tmp_path, config, timeout=600, env=backend,
+                             runtime_env=backend)
     for r in (0, 1):
         result = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert result["graphs"] > 0                        # dynamo really traced the blocks

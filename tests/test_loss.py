@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from alphadecay.training.loss import NextTokenLoss, linear_cross_entropy, prediction_targets
+import forklaunch
 from conftest import tiny_llama
 
 CPU = torch.device("cpu")
@@ -147,16 +148,9 @@ def test_update_loss_is_token_weighted_whatever_the_micro_batches():
 def test_update_loss_is_token_weighted_over_two_ranks(tmp_path):
     """2 ranks (DDP, gloo), each 4 of the 8 sequences as 1 x 4, 2 x 2 and 4 x 1: the same gradient and logged
     loss as one process over all 8."""
-    import subprocess
-    import sys
-
     from conftest import REPO
 
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "dist" / "token_weighted.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                           "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    forklaunch.run_two_ranks(REPO / "tests" / "dist" / "token_weighted.py", tmp_path)
     ids, mask = padded_batch(UNEVEN_LENGTHS)
     ref_loss, ref_grads = our_loss_and_grads(tiny_llama(), ids, mask)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import forklaunch
 from conftest import REPO
 
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
@@ -38,12 +39,8 @@ def test_muon_fsdp_comm_bench_counts_what_it_predicts(tmp_path):
     to isend are exchange_bytes's."""
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "bench" / "muon_fsdp_comm.py"), "--model_config", str(config), "--repeat", "1",
-                           "--ns_dtype", "bfloat16,float32"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = forklaunch.run_two_ranks(REPO / "bench" / "muon_fsdp_comm.py", "--model_config", config, "--repeat", "1",
+                                    "--ns_dtype", "bfloat16,float32")
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [row["ns_dtype"] for row in rows] == ["bfloat16", "float32"]
     for row, element_size in zip(rows, (2, 4)):

@@ -1,23 +1,18 @@
 """--optimizer muon under FSDP2 (2 gloo ranks, CPU): each matrix orthogonalised whole (alphadecay.muon_fsdp), the
 same weights as single-process torch Muon, and a bit-exact resume through the real loop."""
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
+import forklaunch
 from conftest import DATA_DIR, REPO
 from test_resume import assert_same_run
 from trainutil import data_flags, run_cli, tiny_run_flags
 
 
 def test_sharded_muon_equals_single_process_muon(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "dist" / "muon_fsdp.py"), str(tmp_path)],
-                          timeout=300, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    forklaunch.run_two_ranks(REPO / "tests" / "dist" / "muon_fsdp.py", tmp_path)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1
     same = r0["same_gradients"]
@@ -43,8 +38,9 @@ def test_sharded_muon_equals_single_process_muon(tmp_path):
         assert f32["muon_weights"] <= 1e-5 and f32["states"] <= 1e-5 < 1e-4 < run["plain"]["muon_weights"], f32
         assert run["float32_halves"]["weights"] == 0 and run["float32_halves"]["states"] == 0
         # The rest of the gap is AdamW's, the whole batch against two halves in one process (no sharding): an
-        # embedding entry, 8e-5 under Uniform.
-        assert f32 == run["float32_plain_halves"] and f32["weights"] <= 1e-4
+        # embedding entry (8e-5 or 1.5e-4 under Uniform, by the CPU's kernels). Equality with that one-process gap
+        # is the check; the bound only says it is round-off, below one AdamW step (lr 3e-3).
+        assert f32 == run["float32_plain_halves"] and f32["weights"] < 3e-3
         assert all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(run["losses"]["fsdp32"], run["losses"]["plain32"]))
     assert r0["alphadecay"]["distinct_decays"] > 3 and r0["uniform"]["distinct_decays"] == 1
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import forklaunch
 from conftest import DATA_DIR
 from trainutil import EVAL_TOKENS, data_flags, records, run_cli, run_main, tiny_run_flags
 
@@ -103,17 +104,13 @@ def test_release_readme_command_runs_alphadecay_and_uniform_without_the_switch(t
 
 def test_two_ranks_hold_identical_weights_and_match_one_process_on_the_same_checkpoint(tmp_path, capsys):
     import json
-    import os
-    import subprocess
-    import sys
 
     from conftest import REPO
+
     argv = tiny_run_flags(tmp_path, steps=4, strategy="alphadecay", unbalancedWD_every=2) + data_flags(DATA_DIR)
     # The loop under torchrun, each rank then writing a digest of its weights and its decays.
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    str(REPO / "tests" / "dist" / "rank_state.py"), str(tmp_path), *argv], cwd=REPO, check=True,
-                   env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}, capture_output=True,
-                   timeout=600)
+    forklaunch.run_two_ranks(REPO / "tests" / "dist" / "rank_state.py", tmp_path, *argv, timeout=600,
+                             env={"WANDB_MODE": "disabled"})
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["weights"] == r1["weights"] and r0["decays"] == r1["decays"]
     assert len(set(r0["decays"].values())) > 2

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forklaunch
+
 REPO = Path(__file__).resolve().parents[1]
 # Validation tokens of a tiny run: enough for a loss that means something, few enough that the final evaluation
 # of the many launches the suite makes stays cheap.
@@ -36,8 +38,15 @@ def run_main(argv, callbacks=()) -> int:
 
 
 def run_cli(argv, nproc=None, env=None, timeout=600, check=True, faults=()):
-    """Run torchrun_main.py in a fresh process (under torchrun when nproc is given); ``faults`` (see
-    faults.parse, e.g. "nan=3:1") run it through tests/dist/train_with_faults.py instead."""
+    """Run torchrun_main.py in a fresh process (under torchrun when nproc is given; forked from forklaunch's
+    pre-imported server where it may be); ``faults`` (see faults.parse, e.g. "nan=3:1") run
+    it through tests/dist/train_with_faults.py instead."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
+    if nproc and not faults and forklaunch.usable(full_env):
+        proc = forklaunch.torchrun(REPO / "torchrun_main.py", argv, nproc, full_env, timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
+        return proc
     cmd = [sys.executable]
     if nproc:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -45,7 +54,6 @@ def run_cli(argv, nproc=None, env=None, timeout=600, check=True, faults=()):
         cmd += [str(REPO / "tests" / "dist" / "train_with_faults.py"), *faults, "--", *argv]
     else:
         cmd += [str(REPO / "torchrun_main.py"), *argv]
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
