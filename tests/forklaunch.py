@@ -16,7 +16,6 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import runpy
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,12 +53,6 @@ def _context():
         _ctx = mp.get_context("forkserver")
         _ctx.set_forkserver_preload(PRELOAD)
     return _ctx
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(script: str, args: list, env: dict, cwd: str, out: str, err: str) -> None:
@@ -106,15 +99,21 @@ def _stop(procs) -> None:
 def torchrun(script, args, nproc: int, env: dict, timeout: float, cwd=REPO) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=nproc script *args`` with ``env``, from the forkserver. A rank that
     fails has the others killed at once: they would wait in a collective until its timeout."""
+    from torch.distributed import TCPStore
+
     ctx = _context()
-    port, run_id = _free_port(), uuid.uuid4().hex
+    # The ranks' store is served from here, as torchrun's agent serves it (TORCHELASTIC_USE_AGENT_STORE): bound to
+    # a port of its own choosing, so no other launch can take that port between choosing and binding it.
+    store = TCPStore("127.0.0.1", 0, world_size=nproc, is_master=True, wait_for_workers=False)
+    run_id = uuid.uuid4().hex
     with tempfile.TemporaryDirectory(prefix="forklaunch") as d:
         procs = []
         for r in range(nproc):
             rank_env = {**env, "RANK": str(r), "LOCAL_RANK": str(r), "GROUP_RANK": "0", "ROLE_RANK": str(r),
                         "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "ROLE_WORLD_SIZE": str(nproc),
-                        "GROUP_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                        "TORCHELASTIC_RUN_ID": run_id, "TORCHELASTIC_RESTART_COUNT": "0"}
+                        "GROUP_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+                        "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": run_id,
+                        "TORCHELASTIC_RESTART_COUNT": "0"}
             p = ctx.Process(target=_rank_main, args=(str(script), [str(a) for a in args], rank_env, str(cwd),
                                                      f"{d}/out{r}", f"{d}/err{r}"))
             p.start()
@@ -130,6 +129,7 @@ def torchrun(script, args, nproc: int, env: dict, timeout: float, cwd=REPO) -> s
                     break
         finally:
             _stop(procs)
+            del store
         read = lambda name: "".join(Path(d, f"{name}{r}").read_text(errors="replace") for r in range(nproc))
         codes = [p.exitcode for p in procs]
         failed = [c for c in codes if c != 0]
