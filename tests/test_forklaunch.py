@@ -49,6 +49,7 @@ def test_a_failing_rank_ends_the_launch_with_status_1(tmp_path):
 
 
 def test_a_changed_environment_goes_to_real_torchrun(monkeypatch):
+    monkeypatch.delenv("ALPHADECAY_TEST_LAUNCHER", raising=False)
     forklaunch._context()
     server = dict(forklaunch._env_at_start)        # the environment the server's libraries were imported in
     assert forklaunch.usable(server) and forklaunch.usable({**server, "OMP_NUM_THREADS": "3"})
