@@ -63,9 +63,15 @@ def _rank_main(script: str, args: list, env: dict, cwd: str, out: str, err: str)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
+    import random
+
+    import numpy
     import torch
     # libgomp read OMP_NUM_THREADS when the server loaded it, with the server's environment.
     torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
+    # Every fork would start from the server's generator states; fresh interpreters start from fresh entropy.
+    random.seed()
+    numpy.random.seed()
     sys.argv = [script, *args]
     sys.path.insert(0, str(Path(script).parent))
     code = 0
