@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRELOAD = ["forklaunch", "alphadecay.training.loop", "torch.distributed.fsdp", "torch.distributed.checkpoint",
            "transformers.models.llama.modeling_llama", "transformers.models.gpt2.modeling_gpt2",
            "transformers.utils.type_validators", "tokenizers"]
-# Variables a launch may change without a fresh interpreter: torchrun's own, and what pytest or run_cli set.
+# Variables a launch may change without a fresh interpreter: what pytest and the tests' launchers set per run.
 _PER_LAUNCH = {"PYTEST_CURRENT_TEST", "WANDB_MODE", "OMP_NUM_THREADS"}
 
 _ctx = None
@@ -137,22 +137,28 @@ def torchrun(script, args, nproc: int, env: dict, timeout: float, cwd=REPO) -> s
             _stop(procs)
             del store
         read = lambda name: "".join(Path(d, f"{name}{r}").read_text(errors="replace") for r in range(nproc))
-        codes = [p.exitcode for p in procs]
-        failed = [c for c in codes if c != 0]
-        returncode = 1 if failed else 0     # as torchrun: 1 when any rank failed, whatever its own status
+        # As torchrun: 1 when any rank failed, whatever that rank's own status.
+        returncode = int(any(p.exitcode != 0 for p in procs))
         return subprocess.CompletedProcess([str(script), *args], returncode, read("out"), read("err"))
+
+
+def torchrun_command(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+
+
+def launch(script, args, nproc: int, env: dict, timeout: float, runtime_env=(),
+           cwd=REPO) -> subprocess.CompletedProcess:
+    """``script`` on ``nproc`` ranks with ``env``: forked when it may be (``runtime_env``: variables only read while
+    running, which may differ from the server's), else under real torchrun."""
+    if usable(env, runtime_env):
+        return torchrun(script, args, nproc, env, timeout, cwd)
+    return subprocess.run(torchrun_command(nproc) + [str(script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def run_two_ranks(script, *args, timeout: float = 300, env: dict | None = None, runtime_env=(),
                   cwd=REPO) -> subprocess.CompletedProcess:
-    """A two-rank run of ``script`` that must succeed: forked when it may be (``runtime_env``: variables only read
-    while running, which may differ from the server's), else under real torchrun."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    if usable(full_env, runtime_env):
-        proc = torchrun(script, args, 2, full_env, timeout, cwd)
-    else:
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               str(script), *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True,
-                              timeout=timeout)
+    """A two-rank run of ``script`` (see ``launch``) that must succeed."""
+    proc = launch(script, args, 2, {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, timeout, runtime_env, cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -42,19 +42,15 @@ def run_cli(argv, nproc=None, env=None, timeout=600, check=True, faults=()):
     pre-imported server where it may be); ``faults`` (see faults.parse, e.g. "nan=3:1") run
     it through tests/dist/train_with_faults.py instead."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
-    if nproc and not faults and forklaunch.usable(full_env):
-        proc = forklaunch.torchrun(REPO / "torchrun_main.py", argv, nproc, full_env, timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
-        return proc
-    cmd = [sys.executable]
-    if nproc:
-        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    if faults:
-        cmd += [str(REPO / "tests" / "dist" / "train_with_faults.py"), *faults, "--", *argv]
+    if nproc and not faults:
+        proc = forklaunch.launch(REPO / "torchrun_main.py", argv, nproc, full_env, timeout)
     else:
-        cmd += [str(REPO / "torchrun_main.py"), *argv]
-    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+        cmd = forklaunch.torchrun_command(nproc) if nproc else [sys.executable]
+        if faults:
+            cmd += [str(REPO / "tests" / "dist" / "train_with_faults.py"), *faults, "--", *argv]
+        else:
+            cmd += [str(REPO / "torchrun_main.py"), *argv]
+        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
     return proc
