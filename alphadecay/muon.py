@@ -34,7 +34,7 @@ import torch.nn as nn
 from .distributed import is_sharded
 from .esd import linear_modules
 from .llr import output_layer_name
-from .muon_fsdp import ShardedMuon, check_same_ns_dtype
+from .muon_fsdp import ShardedMuon, check_same_ns_dtype, low_precision
 from .newton_schulz import NS_DTYPES
 
 ADJUST_LR_FNS = ("match_rms_adamw", "original")
@@ -122,14 +122,22 @@ class MuonWithAdamW(torch.optim.Optimizer):
         # Under FSDP2 torch's Newton-Schulz would orthogonalise each rank's row shard: ShardedMuon gathers each
         # matrix's update to one rank instead (same state and groups as torch's Muon). float32 Newton-Schulz is
         # ShardedMuon's too, sharded or not.
+        # bf16 weights: torch's Muon rounds its separate decay away and corrupts the momentum without Nesterov;
+        # ShardedMuon computes decay and step in float32 and rounds once (muon_fsdp._apply).
         sharded = any(is_sharded(p) for g in muon_groups for p in g["params"])
+        low = any(low_precision(p) for g in muon_groups for p in g["params"])
         options = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
                    "adjust_lr_fn": adjust_lr_fn}
-        if sharded or ns_dtype != "bfloat16":
+        if sharded or low or ns_dtype != "bfloat16":
             self.muon = ShardedMuon(muon_groups, ns_dtype=ns_dtype, **options)
         else:
             self.muon = torch.optim.Muon(muon_groups, **options)
-        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, **(adamw_options or {})) if adamw_groups else None
+        adamw_options = dict(adamw_options or {})
+        if any(low_precision(p) for g in adamw_groups for p in g["params"]) and not adamw_options.get("fused"):
+            # torch's unfused AdamW decays bf16 weights in a separate multiply, which rounds back to the weight;
+            # the fused kernel computes decay and update in float32 and rounds once.
+            adamw_options.update(fused=True, foreach=None)
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, **adamw_options) if adamw_groups else None
         super().__init__(self._groups(), defaults={})
         self._sync()
         for opt in self.optimizers:   # a load into either half (DCP's set_optimizer_state_dict) re-points ours

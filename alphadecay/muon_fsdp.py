@@ -89,7 +89,10 @@ class ShardedMuon(torch.optim.Muon):
             params, grads, bufs = [], [], []
             has_complex = self._init_group(group, params, grads, bufs)
             plain = [i for i, p in enumerate(params) if not is_sharded(p)]
-            if plain and group["ns_dtype"] != "bfloat16":
+            # torch's Muon is kept bit for bit where it is exact: float32 weights and its own Newton-Schulz. On
+            # bf16 weights its separate decay rounds away and, without Nesterov, it normalises the momentum
+            # buffer in place; our per-tensor path fixes both.
+            if plain and (group["ns_dtype"] != "bfloat16" or any(low_precision(params[i]) for i in plain)):
                 for i in plain:
                     _apply(params[i], _orthogonalise(_local_update(grads[i], bufs[i], group), group), group)
             elif plain:
@@ -125,7 +128,9 @@ def _local_update(grad: torch.Tensor, buf: torch.Tensor, group) -> torch.Tensor:
     momentum = group["momentum"]
     b.lerp_(g, 1 - momentum)
     update = g.lerp(b, momentum) if group["nesterov"] else b
-    return update.to(dtype_of(group["ns_dtype"]))
+    # copy: without Nesterov the update is the buffer itself, and torch's bf16 Newton-Schulz would normalise
+    # its input in place (``grad.bfloat16()`` returns a bf16 buffer, not a copy), leaving the momentum at norm 1.
+    return update.to(dtype_of(group["ns_dtype"]), copy=update is b)
 
 
 def _orthogonalise(full: torch.Tensor, group) -> torch.Tensor:
@@ -134,11 +139,25 @@ def _orthogonalise(full: torch.Tensor, group) -> torch.Tensor:
 
 
 def _apply(param: torch.Tensor, ortho_local: torch.Tensor, group) -> None:
-    """torch's decoupled decay and step, on the local rows, at the lr adjusted for the whole matrix's shape."""
+    """torch's decoupled decay and step, on the local rows, at the lr adjusted for the whole matrix's shape.
+
+    On float32 weights, torch's two in-place operations. On bf16 weights the two are computed in float32 and
+    rounded once: alone, ``p * (1 - lr * wd)`` rounds back to ``p`` whenever lr * wd < 2**-9 (every decay the
+    papers use), so the decay would never reach the weights; rounded with the update, it does in expectation, as
+    in fused AdamW. Cost: one float32 copy of the local rows per matrix per step (transient)."""
     lr = _to_scalar(group["lr"])
     local = local_part(param)
-    local.mul_(1 - lr * group["weight_decay"])
-    local.add_(ortho_local, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+    step = _adjust_lr(lr, group["adjust_lr_fn"], param.shape)
+    if not low_precision(local):
+        local.mul_(1 - lr * group["weight_decay"])
+        local.add_(ortho_local, alpha=-step)
+        return
+    local.copy_(local.float().mul_(1 - lr * group["weight_decay"]).add_(ortho_local.float(), alpha=-step))
+
+
+def low_precision(tensor: torch.Tensor) -> bool:
+    """bf16 or fp16: a dtype in which a small decay or update, applied alone, rounds away."""
+    return tensor.dtype in (torch.bfloat16, torch.float16)
 
 
 def _step_other_layout(param: DTensor, grad: DTensor, buf: DTensor, group) -> None:
@@ -194,4 +213,4 @@ def _scatter_rows(full: torch.Tensor | None, param: DTensor, src: int, group, dt
     return out
 
 
-__all__ = ["ShardedMuon", "check_same_ns_dtype", "exchange_bytes", "newton_schulz_cost"]
+__all__ = ["ShardedMuon", "check_same_ns_dtype", "exchange_bytes", "low_precision", "newton_schulz_cost"]

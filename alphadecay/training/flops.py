@@ -3,9 +3,12 @@
 Training FLOPs per token = 6 N + 12 L H T, with N the parameters multiplied with every token (all but the
 embedding lookups, and the output layer even when it shares the embedding's weight: the matmul is done
 either way), L layers, H the hidden size and T the sequence length (the attention score and value products).
-The model runs over every position of a batch, pads included, so MFU counts the computed tokens
-(batch x length); the tokens the loss learns from (predicted positions) are reported apart.
-MFU = achieved FLOP/s / (peak dense bf16 FLOP/s per GPU x GPUs). Recomputation from activation
+The decoder runs over every position of a batch, pads included, so its FLOPs count the computed tokens
+(batch x length); the fused loss (``loss.NextTokenLoss`` on LLaMA and GPT-2) runs the output layer only on the
+positions that predict a real token, so the output layer's 6 x its parameters count the predicted tokens there
+(every computed position for other models, whose logits are computed whole).
+MFU = achieved FLOP/s / (peak dense bf16 FLOP/s per GPU x GPUs), over the updates of a logging interval (the
+FLOPs and the wall time summed, so one slow update counts by its time). Recomputation from activation
 checkpointing is not counted (that would be hardware FLOP utilisation).
 """
 from __future__ import annotations
@@ -62,26 +65,56 @@ def mfu(flops_per_second: float, device: torch.device, world_size: int = 1) -> f
     return None if peak is None else flops_per_second / (peak * world_size)
 
 
-class Throughput:
-    """Tokens/s of each update (wall time from ``start()``), and MFU on CUDA."""
+def output_layer_flops_per_token(model: torch.nn.Module) -> float:
+    """6 x the output layer's parameters: the part of ``training_flops_per_token`` that the fused loss spends only
+    on predicted positions."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return 0.0 if head is None else 6.0 * sum(p.numel() for p in head.parameters())
 
-    def __init__(self, flops_per_token: float, device: torch.device, world_size: int = 1):
+
+class Throughput:
+    """Tokens/s of each update (wall time from ``start()``), and MFU on CUDA over a logging interval.
+
+    ``flops_per_token``: PaLM's count at every computed position; ``head_flops_per_token``: the part of it that
+    runs only on predicted positions (``output_layer_flops_per_token`` with the fused loss; 0: none)."""
+
+    def __init__(self, flops_per_token: float, device: torch.device, world_size: int = 1,
+                 head_flops_per_token: float = 0.0):
         self.flops_per_token, self.device, self.world_size = flops_per_token, device, world_size
+        self.head_flops_per_token = head_flops_per_token
         self._t0 = 0.0
+        self._flops = self._seconds = 0.0     # since the last ``interval()``
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
 
+    def flops(self, computed: float, learned: float | None) -> float:
+        """The update's model FLOPs: the decoder at every computed position, the output layer at the predicted ones
+        (at every computed one without ``learned``)."""
+        head_at = computed if learned is None else learned
+        return (self.flops_per_token - self.head_flops_per_token) * computed + self.head_flops_per_token * head_at
+
     def measure(self, tokens: float, *, computed: float | None = None, learned: float | None = None) -> dict:
-        """``tokens``: non-pad tokens; ``computed``: positions the model ran over, all ranks (default ``tokens``);
-        ``learned``: predicted positions."""
+        """This update's rates. ``tokens``: non-pad tokens; ``computed``: positions the model ran over, all ranks
+        (default ``tokens``); ``learned``: predicted positions. Also adds the update to the interval."""
         elapsed = time.perf_counter() - self._t0
         computed = tokens if computed is None else computed
+        flops = self.flops(computed, learned)
+        self._flops += flops
+        self._seconds += elapsed
         out = {"throughput_tokens": tokens / elapsed}
         if learned is not None:
             out["throughput_learned_tokens"] = learned / elapsed
-        if self.device.type == "cuda":
-            value = mfu(self.flops_per_token * computed / elapsed, self.device, self.world_size)
-            if value is not None:
-                out["mfu"] = value
+        value = mfu(flops / elapsed, self.device, self.world_size) if self.device.type == "cuda" else None
+        if value is not None:
+            out["mfu"] = value
         return out
+
+    def interval(self) -> dict:
+        """``{"mfu": ...}`` over every update measured since the last call (empty off CUDA or with none), then
+        starts a new interval: the logged MFU is the interval's, not its last update's."""
+        flops, seconds = self._flops, self._seconds
+        self._flops = self._seconds = 0.0
+        value = mfu(flops / seconds, self.device, self.world_size) if seconds > 0 and self.device.type == "cuda" \
+            else None
+        return {} if value is None else {"mfu": value}

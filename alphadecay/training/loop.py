@@ -34,7 +34,7 @@ from .callbacks import Callback, TrainState
 from .checkpointing.checkpoint import Checkpointer, load_model_weights
 from .data.batches import TrainBatches, load_tokenizer, make_train_loader
 from .evaluate import Evaluator
-from .flops import Throughput, training_flops_per_token
+from .flops import Throughput, output_layer_flops_per_token, training_flops_per_token
 from .logger import RunLogger, WandbSettings, progress_bar
 from .loss import NextTokenLoss
 from .model import build_model, build_model_on_meta, vocab_guard
@@ -130,7 +130,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                 print(resume.announce(resume_from, state.update_step, changed), file=sys.stderr, flush=True)
         run_flags = resume.flags_record(args)
         params = [p for p in model.parameters() if p.requires_grad]
-        speed = Throughput(training_flops_per_token(model, args.max_length), rt.device, rt.world_size)
+        speed = Throughput(training_flops_per_token(model, args.max_length), rt.device, rt.world_size,
+                           head_flops_per_token=output_layer_flops_per_token(model) if loss_fn.fused else 0.0)
         stop = on_exit.enter_context(StopSignal())
         bar = on_exit.enter_context(progress_bar(args.num_training_steps, state.update_step, rt.is_main))
         batches = iter(loader)
@@ -197,6 +198,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             if step % args.log_every == 0 or last:
                 log.train({"type": "train", "step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
                            "tokens_seen": state.tokens_seen, "tokens_learned": state.tokens_learned, **rate,
+                           **speed.interval(),
                            "grad_norm": grad_norm, "weight_decay": optimizer.param_groups[-1]["weight_decay"]},
                           stepped_lrs)
             bar.update(1)

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from ..errors import ConfigError, one_line
 from .parallel.meta_init import DeferredInit, record_init
+from .parallel.precision import cast_parameters
 
 
 # The release's (and GaLore's) config files were written for transformers 4.28's LLaMA port.
@@ -70,8 +71,9 @@ def build_model(config_path: str, *, dtype: torch.dtype, device: torch.device, s
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     _checkpointing(model, activation_checkpointing)
-    # Pure low-precision weights, as the paper's runs (the optimizer state follows the weights).
-    return model.to(device=device, dtype=dtype)
+    # Pure low-precision weights, as the paper's runs (the optimizer state follows the weights); the buffers (the
+    # rotary tables) stay float32, as from_pretrained rebuilds them.
+    return cast_parameters(model.to(device=device), dtype)
 
 
 def build_model_on_meta(config_path: str, *, dtype: torch.dtype, seed: int, activation_checkpointing: bool = False,
@@ -81,7 +83,7 @@ def build_model_on_meta(config_path: str, *, dtype: torch.dtype, seed: int, acti
     config = _config(config_path, pad_token_id)
     model, init = record_init(lambda: AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"), seed)
     _checkpointing(model, activation_checkpointing)
-    return model.to(dtype=dtype), init
+    return cast_parameters(model, dtype), init
 
 
 def vocab_guard(model: torch.nn.Module, tokenizer):

@@ -5,11 +5,13 @@ import functools
 import math
 
 import torch
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ..combined import Combined
 from ..errors import ConfigError, one_line
 from ..llr import LLR, FixedRatioLR
 from ..muon import MuonWithAdamW, split_muon_groups
+from ..muon_fsdp import low_precision
 from ..strategies import DecayStrategy, build_strategy
 
 
@@ -50,9 +52,16 @@ def build_optimizer(name: str, param_groups: list[dict], *, lr: float, device: t
     ``muon``: Muon over the hidden matrices of ``model`` and AdamW over the rest (``alphadecay.MuonWithAdamW``, with
     ``muon``: its keyword options muon_lr, momentum, nesterov, ns_steps, adjust_lr_fn, ns_dtype). ``betas``: every Adam(W)
     group's, Muon's AdamW half included."""
-    # Fused kernels (CUDA and CPU): one pass over each tensor for the whole update. On CPU, LLaMA-20M:
-    # 10 ms per step against foreach's 30 ms and the for-loop's 62 ms.
-    fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    # Fused kernels (every device torch has them for): one pass over each tensor for the whole update. On CPU,
+    # LLaMA-20M: 10 ms per step against foreach's 30 ms and the for-loop's 62 ms. On bf16 weights they are also
+    # the only correct AdamW: decay and update computed in float32 and rounded once, where the unfused paths'
+    # separate p * (1 - lr * wd) rounds back to p whenever lr * wd < 2**-9 (docs/results.md, pure bf16).
+    fused = device.type in _get_fused_kernels_supported_devices()
+    low = any(low_precision(p) for g in param_groups for p in g["params"])
+    if low and not fused:
+        raise ConfigError(f"torch has no fused AdamW kernel on {device.type}, and its unfused AdamW rounds the "
+                          f"decoupled decay of bf16 weights away; use --dtype bf16-mixed or float32 on this device")
+    fast = {"fused": True} if fused else {"foreach": True}
     fast["betas"] = tuple(betas)
     if name == "muon":
         if model is None:

@@ -10,7 +10,17 @@ from ..distributed import is_sharded
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """The global gradient norm (clipped to ``max_norm`` when it is not 0); a plain tensor under FSDP2 too."""
+    """The global gradient norm (clipped to ``max_norm`` when it is not 0); a plain tensor under FSDP2 too.
+
+    bf16 gradients: each tensor's norm in float32, as torch's own reduction accumulates it, and kept in float32
+    (torch's clip_grad_norm_ would round every per-tensor norm to bf16, 2**-9 relative, before summing them)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if any(g.dtype in (torch.bfloat16, torch.float16) for g in grads):
+        norms = torch._foreach_norm(grads, 2.0, dtype=torch.float32)
+        norm = torch.linalg.vector_norm(torch.stack(norms))
+        if max_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm.full_tensor() if is_sharded(norm) else norm
     if max_norm:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     else:   # the norm is logged; clip_grad_norm_(inf) would also multiply every gradient by 1

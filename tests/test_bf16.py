@@ -1,0 +1,179 @@
+"""Pure bf16 (--dtype bfloat16) trains the method, not another one: decoupled decay reaches bf16 weights on every
+optimizer path, Muon's momentum survives nesterov=False, the rotary tables stay float32, the clipping norm is
+accumulated in float32. The 2-rank DDP and FSDP2 paths: tests/dist/bf16_decay.py (test_bf16_decay_under_ddp_and_fsdp2).
+
+The measure, ``delivered``: the same 16 updates from the same start with wd 1.0 and wd 0, on a fixed sequence of
+gradients, in bf16 and in float64; the fraction of the float64 run's decay effect on the hidden matrices that the
+bf16 run shows. lr 1e-3 x wd 1.0 is below 2**-9, where ``p * (1 - lr * wd)`` alone rounds back to ``p`` in bf16.
+"""
+import copy
+import json
+
+import pytest
+import torch
+
+from alphadecay.muon import hidden_matrices
+from alphadecay.training.flags.args import parse_args
+from alphadecay.training.optim import build_optimizer, strategy_from_args
+from alphadecay.training.parallel.precision import cast_parameters
+from alphadecay.training.update import clip_gradients
+from conftest import REPO, tiny_llama
+
+CPU = torch.device("cpu")
+STEPS, LR = 16, 1e-3
+
+
+def _grads(model, steps=STEPS, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(p.shape, generator=gen) * 1e-2 for p in model.parameters()] for _ in range(steps)]
+
+
+def _train(model, make_optimizer, grads, groups=None):
+    """The hidden matrices (float64) after the updates of ``grads`` with the optimizer ``make_optimizer(groups)``."""
+    optimizer = make_optimizer(model, groups)
+    for step in grads:
+        for p, g in zip(model.parameters(), step):
+            p.grad = g.to(p.dtype)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return [w.detach().double().clone() for w in hidden_matrices(model)]
+
+
+def _one_group(model, wd):
+    return [{"params": list(model.parameters()), "weight_decay": wd, "name": "all"}]
+
+
+def delivered(make_optimizer, dtype=torch.bfloat16, groups=_one_group) -> float:
+    base, grads = tiny_llama(), None
+    grads = _grads(base)
+    runs = {}
+    for run_dtype in (dtype, torch.float64):
+        for wd in (1.0, 0.0):
+            model = cast_parameters(copy.deepcopy(base), torch.bfloat16)   # one bf16 start for both dtypes
+            cast_parameters(model, run_dtype)
+            runs[run_dtype, wd] = _train(model, make_optimizer, grads, groups(model, wd))
+    num = sum(((a0 - a1) * (r0 - r1)).sum() for a0, a1, r0, r1 in
+              zip(runs[dtype, 0.0], runs[dtype, 1.0], runs[torch.float64, 0.0], runs[torch.float64, 1.0]))
+    den = sum(((r0 - r1) ** 2).sum() for r0, r1 in zip(runs[torch.float64, 0.0], runs[torch.float64, 1.0]))
+    return float(num / den)
+
+
+def _ours(name, **muon):
+    return lambda model, groups: build_optimizer(name, groups, lr=LR, device=CPU, model=model, muon=muon)
+
+
+OURS = {"adamw": _ours("adamw"), "adam (L2)": _ours("adam"), "muon": _ours("muon"),
+        "muon, float32 Newton-Schulz": _ours("muon", ns_dtype="float32"),
+        "muon, nesterov off": _ours("muon", nesterov=False)}
+
+
+@pytest.mark.parametrize("path", list(OURS))
+def test_decay_reaches_bf16_weights_on_every_optimizer_path(path):
+    share = delivered(OURS[path])
+    assert 0.5 <= share <= 1.5, f"{path}: {share:.1%} of the decay reached the bf16 weights"
+
+
+@pytest.mark.parametrize("path", ["torch AdamW, foreach", "torch Muon"])
+def test_the_unfused_update_order_rounds_the_decay_away(path):
+    """What the measure sees on the release's update order (model in bf16, torch's AdamW with foreach, as its
+    torchrun_main builds it on CUDA) and on torch's own Muon: nothing."""
+    make = {"torch AdamW, foreach": lambda model, groups: torch.optim.AdamW(groups, lr=LR, foreach=True),
+            "torch Muon": lambda model, groups: torch.optim.Muon(
+                [{**g, "params": hidden_matrices(model)} for g in groups], lr=LR, adjust_lr_fn="match_rms_adamw")}
+    assert abs(delivered(make[path])) < 0.05
+
+
+def test_per_module_decays_of_alphadecay_and_llr_reach_bf16_weights_under_muon():
+    """Combined(AlphaDecay, LLR), built from the flags: each module's own decay and lr are what the bf16 step uses."""
+    def flags(wd):
+        return parse_args(["--model_config", str(REPO / "configs" / "llama_9m.json"), "--optimizer", "muon",
+                           "--lr", str(LR), "--weight_decay", str(wd), "--use_modulewise_wd",
+                           "--alpha_positively_with_WD", "--use_modulewise_lr", "--num_training_steps", str(STEPS),
+                           "--warmup_steps", "0", "--dtype", "bfloat16"])
+    strategies = {}
+
+    def groups(model, wd):
+        strategies[id(model)] = strategy_from_args(flags(wd), model)
+        return strategies[id(model)].param_groups()
+
+    def make(model, param_groups):
+        optimizer = build_optimizer("muon", param_groups, lr=LR, device=CPU, model=model)
+        strategies[id(model)].initial_assignment(optimizer)
+        decays = {g["weight_decay"] for g in optimizer.muon.param_groups}
+        assert len(decays) > 1 or decays == {0.0}, decays   # module-wise decays written into the Muon groups
+        assert len({g["lr"] for g in optimizer.muon.param_groups}) > 1     # and LLR's module-wise lrs
+        return optimizer
+
+    share = delivered(make, groups=groups)
+    assert 0.5 <= share <= 1.5, share
+
+
+def test_muon_momentum_survives_nesterov_false_in_bf16():
+    """torch's Muon normalises its own momentum buffer in place when nesterov=False and the weights are bf16
+    (``grad.bfloat16()`` is the buffer itself): the buffer's norm is Newton-Schulz's 1 after one step. Ours keeps
+    the momentum, 0.05 * the first gradient."""
+    def buffer_after_one_step(make):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(32, 16).bfloat16())
+        optimizer = make([w])
+        w.grad = (torch.randn(32, 16) * 3).bfloat16()
+        optimizer.step()
+        return optimizer.state[w]["momentum_buffer"].float(), w.grad.float()
+
+    torch_buf, grad = buffer_after_one_step(lambda p: torch.optim.Muon(p, lr=LR, nesterov=False))
+    assert abs(torch_buf.norm().item() - 1.0) < 1e-2          # the bug this works around (torch 2.13)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32, bias=False))
+
+    def ours(params):
+        model[0].weight = params[0]
+        return build_optimizer("muon", [{"params": params, "weight_decay": 0.0}], lr=LR, device=CPU,
+                               model=torch.nn.ModuleDict({"body": model, "lm_head": torch.nn.Linear(32, 4)}),
+                               muon={"nesterov": False}).muon
+    our_buf, grad = buffer_after_one_step(ours)
+    torch.testing.assert_close(our_buf, 0.05 * grad, rtol=1e-2, atol=1e-3)
+
+
+def test_clipping_norm_of_bf16_gradients_is_accumulated_in_float32():
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(100, 100, dtype=torch.bfloat16)) for _ in range(50)]
+    for p in params:
+        p.grad = (torch.randn(100, 100, generator=gen) * 3).bfloat16()
+    exact = torch.linalg.vector_norm(torch.cat([p.grad.double().flatten() for p in params])).item()
+    torchs = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
+    ours = clip_gradients(params, 1.0)
+    assert ours.dtype == torch.float32 and abs(ours.item() / exact - 1) < 1e-5
+    assert abs(torchs / exact - 1) > 1e-3                     # torch's rounds each tensor's norm to bf16
+    clipped = torch.linalg.vector_norm(torch.cat([p.grad.double().flatten() for p in params])).item()
+    assert abs(clipped - 1.0) < 1e-2
+
+
+def test_rotary_tables_stay_float32_under_bf16():
+    from alphadecay.training.model import build_model, build_model_on_meta
+
+    config = str(REPO / "configs" / "llama_9m.json")
+    full = build_model(config, dtype=torch.float32, device=CPU, seed=1)
+    pure = build_model(config, dtype=torch.bfloat16, device=CPU, seed=1)
+    meta, _ = build_model_on_meta(config, dtype=torch.bfloat16, seed=1)
+    assert {p.dtype for p in pure.parameters()} == {p.dtype for p in meta.parameters()} == {torch.bfloat16}
+    for name, buffer in full.named_buffers():
+        assert "inv_freq" in name
+        assert pure.get_buffer(name).dtype == meta.get_buffer(name).dtype == torch.float32, name
+        assert torch.equal(pure.get_buffer(name), buffer), name
+
+
+def test_no_fused_kernel_and_bf16_weights_is_refused(monkeypatch):
+    from alphadecay.errors import ConfigError
+    from alphadecay.training import optim
+
+    monkeypatch.setattr(optim, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    w = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.bfloat16))
+    with pytest.raises(ConfigError, match="bf16-mixed"):
+        build_optimizer("adamw", [{"params": [w], "weight_decay": 0.1}], lr=LR, device=CPU)
+    full = torch.nn.Parameter(torch.zeros(4, 4))
+    assert build_optimizer("adamw", [{"params": [full], "weight_decay": 0.1}], lr=LR, device=CPU).defaults["foreach"]
+
+
+if __name__ == "__main__":   # the figures of docs/results.md (pure bf16)
+    for name, make in {**OURS, "torch AdamW, foreach": lambda m, g: torch.optim.AdamW(g, lr=LR, foreach=True),
+                       "torch AdamW, for-loop": lambda m, g: torch.optim.AdamW(g, lr=LR, foreach=False)}.items():
+        print(json.dumps({"path": name, "delivered": round(delivered(make), 4)}))
