@@ -173,6 +173,60 @@ def test_no_fused_kernel_and_bf16_weights_is_refused(monkeypatch):
     assert build_optimizer("adamw", [{"params": [full], "weight_decay": 0.1}], lr=LR, device=CPU).defaults["foreach"]
 
 
+def test_bf16_decay_under_ddp_and_fsdp2(tmp_path):
+    import forklaunch
+
+    forklaunch.run_two_ranks(REPO / "tests" / "dist" / "bf16_decay.py", tmp_path)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0] == reports[1]                                     # every rank measured the same weights
+    delivered = reports[0]["delivered"]
+    assert set(delivered) == {f"{layout}/{opt}" for layout in ("ddp", "fsdp")
+                              for opt in ("adamw", "muon", "muon-ns-float32")}
+    assert all(0.5 <= share <= 1.5 for share in delivered.values()), delivered
+    assert all(error < 1e-5 for error in reports[0]["norm_error"].values()), reports[0]["norm_error"]
+    assert reports[0]["rotary"] and all(v == ["torch.float32", True] for v in reports[0]["rotary"].values())
+
+
+def _bf16_run(save, steps=2, **over):
+    from alphadecay.training.loop import train
+    from alphadecay.training.flags.args import parse_args as parse
+    from trainutil import data_flags, tiny_run_flags
+
+    from conftest import DATA_DIR
+    if not (DATA_DIR / "tokenizers" / "t5-base").exists():
+        pytest.skip("T5 tokenizer and C4 sample not found (set ALPHADECAY_DATA_DIR)")
+    return train(parse(tiny_run_flags(save, steps=steps, dtype="bfloat16", **over) + data_flags(DATA_DIR)))
+
+
+def test_exported_bf16_checkpoint_reloads_with_the_trained_logits(tmp_path):
+    """from_pretrained rebuilds the rotary tables in float32 whatever the dtype: with bf16 tables in training the
+    reloaded model would score another positional encoding (0.24 rad of rotation apart at position 64)."""
+    from transformers import AutoModelForCausalLM
+
+    result = _bf16_run(tmp_path / "run", max_length=64)
+    trained = result["model"].eval()
+    ids = torch.randint(2, 32000, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits
+        for dtype in ("auto", torch.bfloat16):
+            loaded = AutoModelForCausalLM.from_pretrained(result["checkpoint"], dtype=dtype).eval()
+            assert loaded.dtype == torch.bfloat16 and loaded.model.rotary_emb.inv_freq.dtype == torch.float32
+            assert torch.equal(loaded(input_ids=ids).logits, expected), dtype
+
+
+def test_a_checkpoint_written_with_bf16_rotary_tables_still_resumes(tmp_path, monkeypatch):
+    """Before the fix the whole model was cast (buffers too); the tables are not saved (non-persistent), so such a
+    checkpoint resumes and trains on with float32 tables."""
+    from alphadecay.training import model as model_module
+
+    with monkeypatch.context() as old:
+        old.setattr(model_module, "cast_parameters", lambda model, dtype: model.to(dtype=dtype))
+        first = _bf16_run(tmp_path / "run", steps=2)
+        assert first["model"].model.rotary_emb.inv_freq.dtype == torch.bfloat16     # the old behaviour
+    resumed = _bf16_run(tmp_path / "run", steps=4, continue_from=first["checkpoint"])
+    assert resumed["update_step"] == 4 and resumed["model"].model.rotary_emb.inv_freq.dtype == torch.float32
+
+
 if __name__ == "__main__":   # the figures of docs/results.md (pure bf16)
     for name, make in {**OURS, "torch AdamW, foreach": lambda m, g: torch.optim.AdamW(g, lr=LR, foreach=True),
                        "torch AdamW, for-loop": lambda m, g: torch.optim.AdamW(g, lr=LR, foreach=False)}.items():
