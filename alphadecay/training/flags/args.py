@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "fp32"],
                    help="bfloat16: pure bf16 weights and optimizer state (the paper's runs); bf16-mixed: float32 "
                         "weights and optimizer state, bf16 compute; float32. Default bf16-mixed on a bf16-capable "
-                        "GPU, else float32 (the same meaning under DDP and --fsdp)")
+                        "GPU, else float32 (the same weights and optimizer state under DDP and --fsdp; README Precision says how "
+                        "bf16-mixed computes under each)")
     a.add_argument("--max_length", type=int, default=256, help="tokens per sequence")
     a.add_argument("--seed", type=int, default=0, help="model init and dropout seed (data order is fixed by seed 42)")
     a.add_argument("--activation_checkpointing", action="store_true", help="recompute activations in backward")
