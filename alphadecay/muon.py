@@ -19,7 +19,9 @@ to AdamW's RMS (0.2 * sqrt(max(A, B)), Moonshot's paper), so AdamW's learning ra
 unchanged. The Muon groups' ``lr`` is in the units of ``lr`` (what the scheduler and LLR write); ``muon_lr``
 rescales the Muon half at each step by ``muon_lr / lr``, per-module LLR base LRs included.
 
-``ns_dtype="bfloat16"`` (the default) is torch's Newton-Schulz, and without sharding torch.optim.Muon itself;
+``ns_dtype="bfloat16"`` (the default) is torch's Newton-Schulz, and without sharding on float32 weights
+torch.optim.Muon itself (on bf16 weights ShardedMuon, whose step rounds decay and update once and keeps the
+momentum buffer intact without Nesterov: torch's would lose both);
 ``"float32"`` runs the same iteration in float32 (``alphadecay.newton_schulz``: CPU runs, where bf16 matmuls are
 slow, and agreement across ranks) through ShardedMuon, which keeps it in every group and so in the state_dict.
 """

@@ -52,7 +52,8 @@ def exchange_bytes(shapes, world_size: int, element_size: int = 2) -> int:
 class ShardedMuon(torch.optim.Muon):
     """``torch.optim.Muon`` (the same groups, defaults, state and state_dict) whose step orthogonalises each sharded
     matrix whole. Collective: every rank of the parameters' mesh calls ``step``. Parameters that are not DTensors
-    step as in torch's Muon, on every rank; DTensors in another layout than FSDP2's row shards are gathered on
+    step as in torch's Muon, on every rank (through torch's own code on float32 weights with bf16 Newton-Schulz;
+    on bf16 weights with decay and update rounded once, see ``_apply``); DTensors in another layout than FSDP2's row shards are gathered on
     every rank (``full_tensor``) and each rank keeps its part of the result. ``ns_dtype`` ("bfloat16": torch's,
     or "float32") is kept in every group, so the state_dict records it and a load of another is refused."""
 
