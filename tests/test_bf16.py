@@ -2,69 +2,28 @@
 optimizer path, Muon's momentum survives nesterov=False, the rotary tables stay float32, the clipping norm is
 accumulated in float32. The 2-rank DDP and FSDP2 paths: tests/dist/bf16_decay.py (test_bf16_decay_under_ddp_and_fsdp2).
 
-The measure, ``delivered``: the same 16 updates from the same start with wd 1.0 and wd 0, on a fixed sequence of
-gradients, in bf16 and in float64; the fraction of the float64 run's decay effect on the hidden matrices that the
-bf16 run shows. lr 1e-3 x wd 1.0 is below 2**-9, where ``p * (1 - lr * wd)`` alone rounds back to ``p`` in bf16.
+The measure is bench/bf16_decay.py's ``delivered`` (16 updates at lr 1e-3, wd 1.0 against 0, on a fixed sequence of
+gradients, bf16 against float64 weights): lr x wd = 1e-3 is below 2**-9, where ``p * (1 - lr * wd)`` alone
+rounds back to ``p`` in bf16.
 """
-import copy
 import json
+import sys
 
 import pytest
 import torch
 
-from alphadecay.muon import hidden_matrices
 from alphadecay.training.flags.args import parse_args
 from alphadecay.training.optim import build_optimizer, strategy_from_args
-from alphadecay.training.parallel.precision import cast_parameters
 from alphadecay.training.update import clip_gradients
-from conftest import REPO, tiny_llama
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+from bf16_decay import delivered, paths  # noqa: E402
 
 CPU = torch.device("cpu")
-STEPS, LR = 16, 1e-3
-
-
-def _grads(model, steps=STEPS, seed=3):
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(p.shape, generator=gen) * 1e-2 for p in model.parameters()] for _ in range(steps)]
-
-
-def _train(model, make_optimizer, grads, groups=None):
-    """The hidden matrices (float64) after the updates of ``grads`` with the optimizer ``make_optimizer(groups)``."""
-    optimizer = make_optimizer(model, groups)
-    for step in grads:
-        for p, g in zip(model.parameters(), step):
-            p.grad = g.to(p.dtype)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return [w.detach().double().clone() for w in hidden_matrices(model)]
-
-
-def _one_group(model, wd):
-    return [{"params": list(model.parameters()), "weight_decay": wd, "name": "all"}]
-
-
-def delivered(make_optimizer, dtype=torch.bfloat16, groups=_one_group) -> float:
-    base, grads = tiny_llama(), None
-    grads = _grads(base)
-    runs = {}
-    for run_dtype in (dtype, torch.float64):
-        for wd in (1.0, 0.0):
-            model = cast_parameters(copy.deepcopy(base), torch.bfloat16)   # one bf16 start for both dtypes
-            cast_parameters(model, run_dtype)
-            runs[run_dtype, wd] = _train(model, make_optimizer, grads, groups(model, wd))
-    num = sum(((a0 - a1) * (r0 - r1)).sum() for a0, a1, r0, r1 in
-              zip(runs[dtype, 0.0], runs[dtype, 1.0], runs[torch.float64, 0.0], runs[torch.float64, 1.0]))
-    den = sum(((r0 - r1) ** 2).sum() for r0, r1 in zip(runs[torch.float64, 0.0], runs[torch.float64, 1.0]))
-    return float(num / den)
-
-
-def _ours(name, **muon):
-    return lambda model, groups: build_optimizer(name, groups, lr=LR, device=CPU, model=model, muon=muon)
-
-
-OURS = {"adamw": _ours("adamw"), "adam (L2)": _ours("adam"), "muon": _ours("muon"),
-        "muon, float32 Newton-Schulz": _ours("muon", ns_dtype="float32"),
-        "muon, nesterov off": _ours("muon", nesterov=False)}
+LR = 1e-3
+PATHS = paths(LR)
+OURS = {name: make for name, make in PATHS.items() if name.startswith("ours")}
 
 
 @pytest.mark.parametrize("path", list(OURS))
@@ -73,14 +32,11 @@ def test_decay_reaches_bf16_weights_on_every_optimizer_path(path):
     assert 0.5 <= share <= 1.5, f"{path}: {share:.1%} of the decay reached the bf16 weights"
 
 
-@pytest.mark.parametrize("path", ["torch AdamW, foreach", "torch Muon"])
+@pytest.mark.parametrize("path", ["release: torch AdamW, foreach", "release: torch AdamW, for-loop", "torch Muon"])
 def test_the_unfused_update_order_rounds_the_decay_away(path):
     """What the measure sees on the release's update order (model in bf16, torch's AdamW with foreach, as its
     torchrun_main builds it on CUDA) and on torch's own Muon: nothing."""
-    make = {"torch AdamW, foreach": lambda model, groups: torch.optim.AdamW(groups, lr=LR, foreach=True),
-            "torch Muon": lambda model, groups: torch.optim.Muon(
-                [{**g, "params": hidden_matrices(model)} for g in groups], lr=LR, adjust_lr_fn="match_rms_adamw")}
-    assert abs(delivered(make[path])) < 0.05
+    assert abs(delivered(PATHS[path])) < 0.05
 
 
 def test_per_module_decays_of_alphadecay_and_llr_reach_bf16_weights_under_muon():
@@ -88,7 +44,7 @@ def test_per_module_decays_of_alphadecay_and_llr_reach_bf16_weights_under_muon()
     def flags(wd):
         return parse_args(["--model_config", str(REPO / "configs" / "llama_9m.json"), "--optimizer", "muon",
                            "--lr", str(LR), "--weight_decay", str(wd), "--use_modulewise_wd",
-                           "--alpha_positively_with_WD", "--use_modulewise_lr", "--num_training_steps", str(STEPS),
+                           "--alpha_positively_with_WD", "--use_modulewise_lr", "--num_training_steps", "16",
                            "--warmup_steps", "0", "--dtype", "bfloat16"])
     strategies = {}
 
@@ -226,8 +182,3 @@ def test_a_checkpoint_written_with_bf16_rotary_tables_still_resumes(tmp_path, mo
     resumed = _bf16_run(tmp_path / "run", steps=4, continue_from=first["checkpoint"])
     assert resumed["update_step"] == 4 and resumed["model"].model.rotary_emb.inv_freq.dtype == torch.float32
 
-
-if __name__ == "__main__":   # the figures of docs/results.md (pure bf16)
-    for name, make in {**OURS, "torch AdamW, foreach": lambda m, g: torch.optim.AdamW(g, lr=LR, foreach=True),
-                       "torch AdamW, for-loop": lambda m, g: torch.optim.AdamW(g, lr=LR, foreach=False)}.items():
-        print(json.dumps({"path": name, "delivered": round(delivered(make), 4)}))
