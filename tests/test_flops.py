@@ -50,3 +50,24 @@ def test_mfu_counts_computed_tokens_and_learned_tokens_are_reported_apart(monkey
     cpu._t0 = 0.0
     monkeypatch.setattr("alphadecay.training.flops.time.perf_counter", lambda: 1.0)
     assert "mfu" not in cpu.measure(10, computed=16, learned=9)
+
+
+def test_mfu_is_over_the_logging_interval_and_the_output_layer_counts_predicted_positions(monkeypatch):
+    from alphadecay.training.flops import output_layer_flops_per_token
+    from conftest import tiny_llama
+
+    model = tiny_llama()
+    head = output_layer_flops_per_token(model)
+    assert head == 6 * model.lm_head.weight.numel()
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    speed = Throughput(1e9, torch.device("cuda", 0), world_size=1, head_flops_per_token=4e8)
+    assert speed.flops(computed=1000, learned=700) == 6e8 * 1000 + 4e8 * 700
+    times = iter([0.0, 1.0, 1.0, 4.0])          # a 1 s update, then a 3 s one
+    monkeypatch.setattr("alphadecay.training.flops.time.perf_counter", lambda: next(times))
+    for _ in range(2):
+        speed.start()
+        last = speed.measure(1000, computed=1000, learned=700)
+    per_update = 6e8 * 1000 + 4e8 * 700
+    assert last["mfu"] == pytest.approx(per_update / 3 / 989e12)             # the last update alone
+    assert speed.interval()["mfu"] == pytest.approx(2 * per_update / 4 / 989e12)   # both, by their time
+    assert speed.interval() == {}                                             # a new interval
