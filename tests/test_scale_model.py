@@ -2,7 +2,6 @@
 ESD pass; DDP), and its command line."""
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -70,13 +69,28 @@ def test_ddp_bytes_match_the_model(tmp_path, c4_dir, t5_dir):
     _check(measured, model, args)
 
 
-def test_cli_json_and_bad_replicate():
-    cmd = [sys.executable, str(REPO / "bench" / "scale_model.py"), "--fsdp", "--model_config",
-           str(REPO / "configs" / "llama_1b.json"), "--batch_size", "16", "--total_batch_size", "512",
-           "--gpus_per_node", "8", "--nodes", "2", "--dp_replicate", "2", "--json"]
-    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-    assert out["parallel"] == "hsdp" and out["shard"] == 8
+def test_cli_json_and_bad_replicate(capsys):
+    argv = ["--fsdp", "--model_config", str(REPO / "configs" / "llama_1b.json"), "--batch_size", "16",
+            "--total_batch_size", "512", "--gpus_per_node", "8", "--nodes", "2", "--dp_replicate", "2", "--json"]
+    assert scale_model.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["parallel"] == "hsdp" and out["shard"] == 8 and out["gradient_accumulation"] == 2
     assert {"comm_bytes_per_update_per_rank", "flops_per_update_per_rank", "peak_memory_gb", "mfu_ceiling"} <= set(out)
     assert 0 < out["mfu_ceiling"] < 0.6 and out["comm_breakdown"]["hsdp_all_reduce"] > 0
-    bad = subprocess.run(cmd[:-2] + ["3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--dp_replicate 3" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert scale_model.main(argv[:-2] + ["3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dp_replicate 3" in err[0], err
+
+
+def test_recipes_json_rows(capsys):
+    assert scale_model.main(["--recipes", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.splitlines()[-1])
+    names = {r["name"] for r in rows}
+    assert {"ddp-60m", "ddp-1b", "fsdp-7b-1node", "fsdp-7b-4node"} <= names and len(rows) == 2 * len(names)
+    for r in rows:
+        assert {"name", "parallel", "gpu", "nodes", "mfu_ceiling", "peak_memory_gb"} <= set(r)
+        assert 0 < r["mfu_ceiling"] <= 0.6 and r["peak_memory_gb"] > 0
+    by = {(r["name"], r["gpu"]): r for r in rows}
+    # The same recipe over 4 nodes crosses the slower inter-node link every micro-batch.
+    assert by[("fsdp-7b-4node", "h100")]["mfu_ceiling"] < by[("fsdp-7b-1node", "h100")]["mfu_ceiling"]
+    assert by[("fsdp-7b-4node", "h100")]["nodes"] == 4 and by[("ddp-1b", "h100")]["parallel"] == "ddp"
