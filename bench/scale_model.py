@@ -123,10 +123,12 @@ def parse(argv):
                      help="mean fraction of an eval sequence holding tokens (1: full sequences, fewest batches)")
     own.add_argument("--json", action="store_true")
     mine, rest = own.parse_known_args(argv)
+    from alphadecay.errors import ConfigError
+    if mine.gpus_per_node < 1 or mine.nodes < 1:
+        raise ConfigError(f"--gpus_per_node {mine.gpus_per_node} and --nodes {mine.nodes} must be at least 1")
     world = mine.gpus_per_node * mine.nodes
     args = validate(build_parser().parse_args(rest), world)
     replicate = getattr(args, "dp_replicate", None) or mine.dp_replicate or 1   # the trainer's flag once it has one
-    from alphadecay.errors import ConfigError
     if replicate > 1 and not args.fsdp:
         raise ConfigError(f"--dp_replicate {replicate} needs --fsdp (HSDP shards inside each replica)")
     if world % replicate or world // replicate < 2 and replicate > 1:
@@ -375,6 +377,10 @@ def main(argv=None) -> int:
     from alphadecay.errors import ConfigError, print_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__ + "\nFlags: torchrun_main.py's (python torchrun_main.py --help) plus --gpus_per_node N, --nodes N, "
+              "--gpu {a100,h100}, --dp_replicate R, --eval_fill F, --json, --recipes.")
+        return 0
     try:
         if "--recipes" in argv:
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
