@@ -96,7 +96,8 @@ class Shapes:
         model, _ = build_model_on_meta(config, dtype=torch.float32, seed=0)
         c = model.config
         self.hidden, self.layers_n = c.hidden_size, c.num_hidden_layers
-        self.inter, self.vocab = c.intermediate_size, c.vocab_size
+        self.inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * c.hidden_size
+        self.vocab = c.vocab_size
         layers = decoder_layers(model)
         in_layer = {id(p) for m in layers for p in m.parameters()}
         self.layers = [[tuple(p.shape) for p in m.parameters()] for m in layers]
