@@ -47,6 +47,7 @@ def test_hsdp_equals_fsdp_on_four_ranks_and_resumes_bit_exactly(tmp_path):
         assert r["differ"] == []                          # the meta start: the unsharded build's rows, bit for bit
         assert r["mesh"] == [2, 2] and r["mesh_dims"] == ["replicate", "shard"] and r["placements"] == ["R", "S(0)"]
         assert r["local_rows"] * 2 == r["rows"]           # sharded over the 2 ranks of a replica, not all 4
+        assert r["gathered_after_forward"] == [False, False, False, True]   # the last block is not resharded
         # per-tensor gradient norms on the 2-D mesh: summed over the shards only (over all 4 ranks: twice)
         assert all(abs(a - b) <= 1e-3 * b for a, b in zip(r["norms"], r["full_norms"]))
     assert ranks[0]["norms"] == ranks[3]["norms"]

@@ -41,14 +41,17 @@ def meta_start(rank: int) -> dict:
     weight = model.model.layers[0].self_attn.q_proj.weight
     # Gradients of one backward, summed per tensor over the shards only (squared_norms on the 2-D mesh).
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(rank))
-    net.forward(**net.loss.inputs(ids, torch.ones_like(ids), CPU)).backward()
+    loss = net.forward(**net.loss.inputs(ids, torch.ones_like(ids), CPU))
+    # between forward and backward: which blocks stayed gathered (torchtitan's reshard choice: the last one)
+    gathered = [not is_sharded(layer.self_attn.q_proj.weight) for layer in model.model.layers]
+    loss.backward()
     grads = [p.grad for p in model.parameters()]
     whole = [g.full_tensor().double().square().sum() for g in grads]
     return {"differ": [k for k, t in model.state_dict().items()
                        if not torch.equal(local_part(t), shard_rows(ref[k], t) if is_sharded(t) else ref[k])],
             "placements": [str(p) for p in weight.placements], "mesh": list(weight.device_mesh.shape),
             "mesh_dims": list(weight.device_mesh.mesh_dim_names),
-            "local_rows": local_part(weight).shape[0], "rows": weight.shape[0],
+            "gathered_after_forward": gathered, "local_rows": local_part(weight).shape[0], "rows": weight.shape[0],
             "norms": squared_norms(grads).tolist(), "full_norms": torch.stack(whole).tolist()}
 
 

@@ -87,10 +87,15 @@ def _fully_shard(loss_fn: NextTokenLoss, *, device, compile: bool, param_dtype, 
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     on = {} if mesh is None else {"mesh": mesh}
-    for layer in decoder_layers(loss_fn.model):
+    layers = decoder_layers(loss_fn.model)
+    for i, layer in enumerate(layers):
         if compile:   # each block compiled in place, then sharded (torchtitan's order): FSDP2's hooks stay
             layer.compile()   # outside the compiled graph, and every block reuses one compiled code
-        fully_shard(layer, mp_policy=policy, **on)
+        # torchtitan's reshard choice: the last block stays gathered after forward, since backward would
+        # all-gather it again at once. The root (embedding, final norm, output layer) is never resharded after
+        # forward either (FSDP2's root rule). torchtitan's own group for norm and output layer does not fit here:
+        # the fused loss reads the output weight outside the layer's forward, so it stays in the root's group.
+        fully_shard(layer, mp_policy=policy, reshard_after_forward=i < len(layers) - 1, **on)
     fully_shard(loss_fn, mp_policy=policy, **on)
 
     # Gradients are reduce-scattered after every micro-batch and accumulate sharded (torchtitan's choice):
