@@ -77,3 +77,16 @@ def test_hsdp_equals_fsdp_on_four_ranks_and_resumes_bit_exactly(tmp_path):
     whole, again = (load_file(d / "model_6" / "model.safetensors") for d in (hsdp, resumed))
     assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
     assert [x["loss"] for x in records(resumed, "train")] == losses[1][3:]
+
+
+def test_a_resume_keeps_the_replica_count(tmp_path):
+    """The layout is refused when it changes on resume (the flag is not in resume.MAY_CHANGE), in one line."""
+    from alphadecay.errors import ConfigError
+    from alphadecay.training.checkpointing.resume import compare, flags_record
+    from alphadecay.training.flags.args import parse_args
+
+    saved = parse_args(CFG + ["--fsdp", "--dp_replicate", "2"], world_size=4)
+    state = {"run_flags": flags_record(saved), "optimizer_format": "dcp", "update_step": 0}
+    assert compare(str(tmp_path), state, saved) == {}
+    with pytest.raises(ConfigError, match="--dp_replicate cannot change on resume.*resume with --dp_replicate 2"):
+        compare(str(tmp_path), state, parse_args(CFG + ["--fsdp"], world_size=4))
