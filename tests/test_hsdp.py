@@ -90,3 +90,7 @@ def test_a_resume_keeps_the_replica_count(tmp_path):
     assert compare(str(tmp_path), state, saved) == {}
     with pytest.raises(ConfigError, match="--dp_replicate cannot change on resume.*resume with --dp_replicate 2"):
         compare(str(tmp_path), state, parse_args(CFG + ["--fsdp"], world_size=4))
+    older = {**state, "run_flags": {**state["run_flags"], "args": {k: v for k, v in state["run_flags"]["args"].items()
+                                                                  if k != "dp_replicate"}}}
+    with pytest.raises(ConfigError, match="resume with --dp_replicate 1"):   # written before the flag existed
+        compare(str(tmp_path), older, saved)
