@@ -4,8 +4,9 @@ teardown skipped) so that one launch holds every run the test compares.
 
 torchrun --nproc_per_node=4 tests/dist/hsdp.py OUT_DIR DATA_DIR
 Writes OUT_DIR/rank<r>.json (the meta start's checks and the gradient norms), and one run folder per run:
-OUT_DIR/<run>/ for fsdp4 (1 x 4) and hsdp (2 x 2), AlphaDecay every 2 updates, checkpoints at 3 and 6;
-hsdp-resumed (hsdp's model_3 continued to 6); muon-fsdp4 and muon-hsdp (Muon, float32 Newton-Schulz).
+OUT_DIR/<run>/ for fsdp4 (1 x 4) and hsdp (2 x 2), AlphaDecay every 3 updates, checkpoints at 2 and 4;
+hsdp-resumed (hsdp's model_2 continued to 4, across the reassignment at 3); muon-fsdp4 and muon-hsdp (Muon,
+float32 Newton-Schulz, 2 updates).
 """
 import contextlib
 import json
@@ -68,17 +69,17 @@ def main(out: str, data: str) -> None:
     out = Path(out)
 
     def flags(run, *extra, **over):
-        return tiny_run_flags(out / run, **{"steps": 6, "save_every": 3, "eval_every": 0, "target_eval_tokens": 200,
+        return tiny_run_flags(out / run, **{"steps": 4, "save_every": 2, "eval_every": 0, "target_eval_tokens": 100,
                                             "strategy": "alphadecay", "weight_decay": 0.1,
-                                            "unbalancedWD_every": 2, **over}) + data_flags(Path(data)) + list(extra)
+                                            "unbalancedWD_every": 3, **over}) + data_flags(Path(data)) + list(extra)
 
     train(flags("fsdp4", "--fsdp"))
     train(flags("hsdp", "--fsdp", "--dp_replicate", "2"))
     if rank == 0:
         (out / "hsdp-resumed").mkdir()
-        shutil.copytree(out / "hsdp" / "model_3", out / "hsdp-resumed" / "model_3")
+        shutil.copytree(out / "hsdp" / "model_2", out / "hsdp-resumed" / "model_2")
     train(flags("hsdp-resumed", "--fsdp", "--dp_replicate", "2", "--continue_from", "latest"))
-    muon = dict(steps=3, save_every=1000, strategy="uniform", optimizer="muon", muon_ns_dtype="float32")
+    muon = dict(steps=2, save_every=1000, strategy="uniform", optimizer="muon", muon_ns_dtype="float32")
     train(flags("muon-fsdp4", "--fsdp", **muon))
     train(flags("muon-hsdp", "--fsdp", "--dp_replicate", "2", **muon))
     with open(out / f"rank{rank}.json", "w") as f:
