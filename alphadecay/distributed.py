@@ -153,6 +153,19 @@ def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], w
     return table.cpu()
 
 
+def _shard_group(tensor: DTensor):
+    """The process group over which ``tensor``'s pieces add up to the whole: its mesh's one sharded dimension
+    (HSDP's (Replicate(), Shard(0)): the "shard" ranks; summing over the replicas too would count each piece R
+    times)."""
+    mesh, dims = tensor.device_mesh, [i for i, p in enumerate(tensor.placements) if p.is_shard()]
+    if mesh.ndim == 1:
+        return mesh.get_group()
+    if len(dims) != 1:
+        raise NotImplementedError(f"squared_norms: a DTensor sharded over {len(dims)} mesh dimensions "
+                                  f"({tensor.placements})")
+    return mesh.get_group(dims[0])
+
+
 def squared_norms(tensors: Sequence[torch.Tensor], group=None) -> torch.Tensor:
     """float64 sum of squares of each tensor (sharded ones summed over ranks; NaN for None). Collective when
     any tensor is sharded."""
@@ -164,7 +177,7 @@ def squared_norms(tensors: Sequence[torch.Tensor], group=None) -> torch.Tensor:
         index = torch.tensor([i for i, t in enumerate(tensors) if t is not None], device=device)
         out[index] = torch.stack(norms).double().square()
     if any(is_sharded(t) for t in present):
-        mesh_group = next(t for t in present if is_sharded(t)).device_mesh.get_group()
+        mesh_group = _shard_group(next(t for t in present if is_sharded(t)))
         sharded = torch.tensor([is_sharded(t) for t in tensors], device=device)
         summed = torch.where(sharded, out, torch.zeros_like(out))   # NaN stays NaN after the sum
         dist.all_reduce(summed, group=group or mesh_group)

@@ -97,7 +97,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         #    weight-decay strategy and the optimizer over its groups; the training data.
         loss_fn = NextTokenLoss(model, autocast=precision.autocast_dtype(fsdp=args.fsdp))
         net = parallelize(loss_fn, world_size=rt.world_size, device=rt.device, compile=args.compile,
-                          fsdp=args.fsdp, param_dtype=precision.fsdp_param_dtype())
+                          fsdp=args.fsdp, param_dtype=precision.fsdp_param_dtype(), dp_replicate=args.dp_replicate)
         if deferred is not None:   # build_model's weights, row by row (a resume's checkpoint brings its own)
             deferred.materialize(loss_fn, model, rt.device, weights=resume_from is None)
         strategy = strategy_from_args(args, model)

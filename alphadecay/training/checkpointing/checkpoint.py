@@ -31,13 +31,12 @@ import time
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
-from torch.distributed.tensor import Shard
 
 from ...distributed import has_sharded_params, is_sharded, local_part
 from ...errors import ConfigError, one_line, require_writable_folder
 from .export import clean_for_evaluation
 from .hf_shards import write_hf_shards
-from ..parallel.meta_init import shard_row_range, shard_rows
+from ..parallel.meta_init import row_mesh_dim, shard_row_range, shard_rows
 from .rng import rng_state, set_rng_state
 from .run_lock import LOCK_FILE
 
@@ -268,7 +267,7 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
         for k, (handle, f) in where.items():
             t = own[k]
             try:
-                if is_sharded(t) and t.device_mesh.ndim == 1 and tuple(t.placements) == (Shard(0),):
+                if is_sharded(t) and row_mesh_dim(t) is not None:   # FSDP2's and HSDP's rows: read only those
                     v = handle.get_slice(k)[slice(*shard_row_range(t))]
                 elif is_sharded(t):
                     v = shard_rows(handle.get_tensor(k), t)

@@ -47,7 +47,8 @@ NOT_COMPARED = frozenset((
     "fsdp"))   # the checkpoint's optimizer format says it (check_format), also for checkpoints without flags
 # Flags added after checkpoints began recording theirs, with the value every run before them had: a record
 # without one is compared as that value, so an older checkpoint cannot be resumed under another.
-ADDED_LATER = {"muon_ns_dtype": "bfloat16"}   # torch's bf16 Newton-Schulz was Muon's only one
+ADDED_LATER = {"muon_ns_dtype": "bfloat16",   # torch's bf16 Newton-Schulz was Muon's only one
+               "dp_replicate": 1}             # --fsdp sharded over every rank before HSDP
 
 
 def flags_record(args) -> dict:

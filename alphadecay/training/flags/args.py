@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the ranks with FSDP2 (each decoder "
                         "layer, then the root), shards in the weights' dtype of --dtype; default: DDP")
+    a.add_argument("--dp_replicate", type=int, default=1,
+                   help="HSDP under --fsdp: R replicas, each FSDP2-sharded over world/R ranks (a 2-D device mesh, "
+                        "replicate x shard: gradients reduce-scattered inside a replica, all-reduced across "
+                        "replicas); R must divide the number of ranks; default 1: plain --fsdp over every rank")
     a.add_argument("--use_hf_model", action="store_true", help="accepted for the release's scripts; models always "
                    "come from transformers here")
 
@@ -338,6 +342,12 @@ def validate(args, world_size: int = 1):
              "--overwrite starts a new run and --continue_from continues one; pass only one of them")
     _require(not args.fsdp or world_size > 1,
              "--fsdp shards over torchrun's ranks; launch with torchrun --nproc_per_node=N (N >= 2) or drop --fsdp")
+    _require(args.dp_replicate >= 1, f"--dp_replicate {args.dp_replicate} is below 1; pass the number of replicas "
+             f"(1: plain --fsdp)")
+    _require(args.dp_replicate == 1 or args.fsdp, "--dp_replicate replicates FSDP2 shards (HSDP); add --fsdp or drop "
+             "--dp_replicate (DDP already replicates the whole model on every rank)")
+    _require(world_size % args.dp_replicate == 0, f"--dp_replicate {args.dp_replicate} does not divide the "
+             f"{world_size} ranks; pass a divisor of the world size (each replica shards over world/R ranks)")
     _require(not args.eval_only or args.continue_from is not None,
              "--eval_only needs --continue_from <checkpoint folder> (the weights to evaluate)")
     if args.continue_from == "latest":

@@ -150,20 +150,34 @@ class DeferredInit:
 
 
 def shard_rows(full: torch.Tensor, param) -> torch.Tensor:
-    """This rank's piece of ``full`` for the DTensor ``param`` (FSDP2's row chunks, or any other layout)."""
-    from torch.distributed.tensor import Shard, distribute_tensor
+    """This rank's piece of ``full`` for the DTensor ``param`` (FSDP2's row chunks, HSDP's too, or any other
+    layout)."""
+    from torch.distributed.tensor import distribute_tensor
 
-    mesh = param.device_mesh
-    if mesh.ndim == 1 and tuple(param.placements) == (Shard(0),):
+    if row_mesh_dim(param) is not None:
         start, stop = shard_row_range(param)
         return full[start:stop]
-    return distribute_tensor(full.to(param.device), mesh, param.placements, src_data_rank=None).to_local()
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements,
+                             src_data_rank=None).to_local()
+
+
+def row_mesh_dim(param) -> int | None:
+    """The mesh dimension over whose ranks FSDP2 splits ``param``'s rows: Shard(0) there, Replicate() on every
+    other (0 for plain FSDP2's 1-D mesh, 1 for HSDP's (replicate, shard)); None for any other layout."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    placements = tuple(param.placements)
+    rows = [i for i, p in enumerate(placements) if p == Shard(0)]
+    if len(rows) == 1 and all(isinstance(p, Replicate) for i, p in enumerate(placements) if i != rows[0]):
+        return rows[0]
+    return None
 
 
 def shard_row_range(param) -> tuple[int, int]:
-    """The rows [start, stop) of a Shard(0) DTensor on this rank: torch.chunk's split, as FSDP2 shards."""
-    mesh = param.device_mesh
-    world, me = mesh.size(), mesh.get_local_rank()
+    """The rows [start, stop) of a row-sharded DTensor (``row_mesh_dim``) on this rank: torch.chunk's split over
+    that mesh dimension, as FSDP2 shards (every replica of HSDP holds the same rows)."""
+    mesh, dim = param.device_mesh, row_mesh_dim(param)
+    world, me = mesh.size(dim), mesh.get_local_rank(dim)
     rows = -(-param.shape[0] // world)
     start = min(me * rows, param.shape[0])
     return start, min(start + rows, param.shape[0])
