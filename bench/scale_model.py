@@ -119,7 +119,6 @@ def parse(argv):
     own.add_argument("--gpus_per_node", type=int, default=8)
     own.add_argument("--nodes", type=int, default=1)
     own.add_argument("--gpu", choices=sorted(HARDWARE), default="h100")
-    own.add_argument("--dp_replicate", type=int, default=None)
     own.add_argument("--eval_fill", type=float, default=1.0,
                      help="mean fraction of an eval sequence holding tokens (1: full sequences, fewest batches)")
     own.add_argument("--json", action="store_true")
@@ -129,7 +128,7 @@ def parse(argv):
         raise ConfigError(f"--gpus_per_node {mine.gpus_per_node} and --nodes {mine.nodes} must be at least 1")
     world = mine.gpus_per_node * mine.nodes
     args = validate(build_parser().parse_args(rest), world)
-    replicate = getattr(args, "dp_replicate", None) or mine.dp_replicate or 1   # the trainer's flag once it has one
+    replicate = args.dp_replicate                     # the trainer's flag, validated against the world above
     if replicate > 1 and not args.fsdp:
         raise ConfigError(f"--dp_replicate {replicate} needs --fsdp (HSDP shards inside each replica)")
     if world % replicate or world // replicate < 2 and replicate > 1:
@@ -380,7 +379,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
         print(__doc__ + "\nFlags: torchrun_main.py's (python torchrun_main.py --help) plus --gpus_per_node N, --nodes N, "
-              "--gpu {a100,h100}, --dp_replicate R, --eval_fill F, --json, --recipes.")
+              "--gpu {a100,h100}, --eval_fill F, --json, --recipes (--dp_replicate R is the trainer's).")
         return 0
     try:
         if "--recipes" in argv:
