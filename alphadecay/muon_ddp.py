@@ -122,6 +122,18 @@ def buckets(sizes: list[int], owner: list[int], world: int, segment: int) -> lis
     return out
 
 
+def gather_bytes(shapes, world_size: int, element_size: int = 2, bucket_bytes: int = BUCKET_BYTES) -> int:
+    """Bytes each rank passes in to the all-gathers of one update (its padded share of every bucket) for
+    replicated matrices of ``shapes``, at ``element_size`` bytes an entry (2: bf16 Newton-Schulz, 4: float32)."""
+    if world_size == 1:
+        return 0
+    sizes = [a * b for a, b in shapes]
+    owner = assign_owners([newton_schulz_cost(s) for s in shapes], world_size)
+    segment = max(1, bucket_bytes // (world_size * element_size))
+    return element_size * sum(max(sum(sizes[i] for i in part) for part in bucket)
+                              for bucket in buckets(sizes, owner, world_size, segment))
+
+
 @torch.no_grad()
 def step_replicated(items: list, replicas: Replicas, *, bucket_bytes: int = BUCKET_BYTES,
                     orthogonalise=_orthogonalise) -> dict:
@@ -175,4 +187,4 @@ def step_replicated(items: list, replicas: Replicas, *, bucket_bytes: int = BUCK
     return done
 
 
-__all__ = ["BUCKET_BYTES", "Replicas", "ReplicatedMuon", "buckets", "step_replicated"]
+__all__ = ["BUCKET_BYTES", "Replicas", "ReplicatedMuon", "buckets", "gather_bytes", "step_replicated"]

@@ -27,6 +27,7 @@ def test_split_muon_under_ddp(tmp_path):
         assert a["ns_per_step"] + b["ns_per_step"] == 7 and 0 < a["ns_per_step"] < 7, case
         # One all-gather for the whole model; a 4 KB bucket (512 float32 entries per rank) needs more.
         assert a["gathers_per_step"] == b["gathers_per_step"] == (1 if case.endswith(str(1 << 20)) else 3), case
+        assert a["gathered_bytes_per_step"] == b["gathered_bytes_per_step"] == a["predicted_bytes"], case
     for ns, a in r0["train"].items():
         b = r1["train"][ns]
         assert a["weights_sha"] == b["weights_sha"]                 # the replicas stay bit-identical

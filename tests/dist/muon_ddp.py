@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import alphadecay  # noqa: E402
 from alphadecay import muon_fsdp  # noqa: E402
-from alphadecay.muon_ddp import Replicas, ReplicatedMuon  # noqa: E402
+from alphadecay.muon_ddp import Replicas, ReplicatedMuon, gather_bytes  # noqa: E402
 from alphadecay.muon_fsdp import ShardedMuon  # noqa: E402
 from alphadecay.training.optim import build_optimizer, build_scheduler  # noqa: E402
 from conftest import tiny_llama  # noqa: E402
@@ -32,19 +32,20 @@ SHAPES = [(172, 64), (64, 172), (64, 64), (5, 7), (3, 9), (64, 64), (40, 24)]
 
 
 class Counting:
-    """Counts Newton-Schulz calls and all-gathers while active."""
+    """Counts Newton-Schulz calls, all-gathers and the bytes each rank passes in to them while active."""
 
     def __enter__(self):
-        self.ns, self.gathers = 0, 0
+        self.ns, self.gathers, self.bytes = 0, 0, 0
         self._ns, self._gather = muon_fsdp.newton_schulz, getattr(dist, GATHER)
 
         def ns(*a, **k):
             self.ns += 1
             return self._ns(*a, **k)
 
-        def gather(*a, **k):
+        def gather(out, send, **k):
             self.gathers += 1
-            return self._gather(*a, **k)
+            self.bytes += send.numel() * send.element_size()
+            return self._gather(out, send, **k)
         muon_fsdp.newton_schulz = ns
         setattr(dist, GATHER, gather)
         return self
@@ -85,15 +86,17 @@ def same_gradients(ns_dtype, weight_dtype, bucket_bytes, steps=3):
                 p.grad = torch.randn(p.shape, generator=g).to(weight_dtype)
                 q.grad = p.grad.clone()
             ref.step()
-            before = (count.ns, count.gathers)
+            before = (count.ns, count.gathers, count.bytes)
             opt.step()
-            per_step = (count.ns - before[0], count.gathers - before[1])
-            count.ns, count.gathers = before   # the reference's calls are not this rank's share
+            per_step = (count.ns - before[0], count.gathers - before[1], count.bytes - before[2])
+            count.ns, count.gathers, count.bytes = before   # the reference's calls are not this rank's share
     return {"equal": [torch.equal(p, q) for p, q in zip(ref_params, params)],
             "moved": [not torch.equal(p, f) for p, f in zip(params, fulls)],
             "state_dict_equal": _same_state(ref.state_dict(), opt.state_dict()),
             "ns_dtype_in_state": any("ns_dtype" in g for g in opt.state_dict()["param_groups"]),
-            "ns_per_step": per_step[0], "gathers_per_step": per_step[1],
+            "ns_per_step": per_step[0], "gathers_per_step": per_step[1], "gathered_bytes_per_step": per_step[2],
+            "predicted_bytes": gather_bytes(SHAPES, dist.get_world_size(), 2 if ns_dtype == "bfloat16" else 4,
+                                            bucket_bytes),
             "weights_sha": hashlib.sha256(b"".join(p.detach().float().numpy().tobytes() for p in params)).hexdigest()}
 
 
