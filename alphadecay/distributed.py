@@ -92,28 +92,45 @@ def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
     """
     mesh = weight.device_mesh
     if mesh.ndim == 1 and tuple(weight.placements) == (Shard(0),):
+        return gather_to_owners([weight], [dst], dist.get_rank())[0]
+    full = weight.detach().full_tensor()
+    return full if dist.get_rank() == dst else None
+
+
+def gather_to_owners(weights: Sequence[torch.Tensor], owners: Sequence[int], rank: int) -> list:
+    """``full_on(weights[k], owners[k])`` for every k (None where this rank is not the owner), FSDP2's row shards
+    all sent and received in one ``batch_isend_irecv``: one synchronisation for the lot, not one per matrix.
+    Collective. Weights that are not sharded are returned where they are; other layouts go through ``full_on``."""
+    out, ops = [], []
+    for weight, dst in zip(weights, owners):
+        if not is_sharded(weight):
+            out.append(weight if dst == rank else None)
+            continue
+        mesh = weight.device_mesh
+        if not (mesh.ndim == 1 and tuple(weight.placements) == (Shard(0),)):
+            out.append(full_on(weight, dst))
+            continue
         group = mesh.get_group()
         world, me = dist.get_world_size(group), dist.get_rank(group)
         target = dist.get_group_rank(group, dst)
         rows, count = chunk_rows(weight.shape[0], world)
         local = weight.to_local().detach()
         if local.shape[0] != count[me]:
-            raise RuntimeError(f"full_on: rank {me} holds {local.shape[0]} rows of a {tuple(weight.shape)} "
-                               f"weight, torch.chunk would give it {count[me]}")
+            raise RuntimeError(f"gather_to_owners: rank {me} holds {local.shape[0]} rows of a "
+                               f"{tuple(weight.shape)} weight, torch.chunk would give it {count[me]}")
         if me != target:
             if count[me]:
-                dist.batch_isend_irecv([dist.P2POp(dist.isend, local.contiguous(), group=group,
-                                                   group_peer=target)])[0].wait()
-            return None
+                ops.append(dist.P2POp(dist.isend, local.contiguous(), group=group, group_peer=target))
+            out.append(None)
+            continue
         full = local.new_empty(tuple(weight.shape))
         full[me * rows:me * rows + count[me]] = local
-        ops = [dist.P2POp(dist.irecv, full[r * rows:r * rows + count[r]], group=group, group_peer=r)
-               for r in range(world) if r != me and count[r]]
-        for work in dist.batch_isend_irecv(ops) if ops else []:
-            work.wait()
-        return full
-    full = weight.detach().full_tensor()
-    return full if dist.get_rank() == dst else None
+        ops += [dist.P2POp(dist.irecv, full[r * rows:r * rows + count[r]], group=group, group_peer=r)
+                for r in range(world) if r != me and count[r]]
+        out.append(full)
+    for work in dist.batch_isend_irecv(ops) if ops else []:
+        work.wait()
+    return out
 
 
 def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], weights: Sequence[torch.Tensor],
@@ -122,7 +139,8 @@ def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], w
     """``sharded_rows`` for sharded weights: ``compute(full matrices)`` on each module's owner rank.
 
     The owners' eigensolves run at the same time: the pass goes in phases (``gather_phases``), each one rounds
-    of gathers, at most one matrix to each owner per round, until some owner holds ``budget_bytes``; then every
+    of gathers, at most one matrix to each owner per round, until some owner holds ``budget_bytes`` (a phase's
+    transfers posted at once, ``gather_to_owners``); then every
     owner computes its phase's matrices in one batched call while the others do theirs, and the next phase's
     gathers start once all have finished, so no gather waits on one owner's eigensolve while the others idle.
     One SUM all-reduce of the table at the end shares the rows (x + 0.0 is exact: the same bits on every rank).
@@ -137,13 +155,9 @@ def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], w
     table = torch.zeros(n, width, dtype=torch.float64, device=_reduce_device(group, device) if world > 1 else "cpu")
     sizes = [w.numel() * w.element_size() for w in weights]
     for phase in gather_phases(costs, sizes, owner, world, budget_bytes):
-        held = []
-        for batch in phase:   # one round: distinct owners, each gathering one matrix
-            for i in batch:
-                weight = weights[i]
-                full = full_on(weight, owner[i]) if is_sharded(weight) else (weight if owner[i] == rank else None)
-                if full is not None:
-                    held.append((i, full))
+        items = [i for batch in phase for i in batch]
+        fulls = gather_to_owners([weights[i] for i in items], [owner[i] for i in items], rank)
+        held = [(i, full) for i, full in zip(items, fulls) if full is not None]
         if held:   # every owner at once, between the same two gathers
             table[[i for i, _ in held]] = compute([w for _, w in held]).to(table.device, torch.float64)
         del held

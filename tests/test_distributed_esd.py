@@ -42,6 +42,7 @@ def test_sharded_pass_computes_on_every_owner_between_the_same_two_gathers(two_r
     computes = [[e for e in p["events"] if e[0] == "compute"] for p in (p0, p1)]
     assert [e[1] for e in computes[0]] == [e[1] for e in computes[1]] == p0["phase_ends"]
     assert len(p0["phase_ends"]) > 1 and p0["phase_ends"][-1] == p0["gathers"] == p0["matrices"]
+    assert len([e for e in p0["events"] if e[0] == "gather"]) == len(p0["phase_ends"])   # one batch a phase
     assert sum(e[2] for c in computes for e in c) == p0["matrices"]          # each matrix analysed once
     assert all(e[2] > 0 for c in computes for e in c)                          # both ranks work in every phase
     for p in (p0, p1):

@@ -33,19 +33,20 @@ def full_on_failures(rank: int) -> list[str]:
 
 def concurrent_phases(rank: int, model) -> dict:
     """sharded_weight_rows over row-sharded linear weights with a small budget (several phases): where each
-    rank's compute falls in the sequence of collectives (every gather is one ``full_on``, the same sequence on
-    every rank), and the rows against one process's."""
+    rank's compute falls in the sequence of collectives (``gather_to_owners``: one batch of transfers per
+    phase, the same sequence on every rank, counted in matrices), and the rows against one process's."""
     from alphadecay import distributed as d
     from alphadecay.esd import METRICS, linear_modules, weight_metrics
     mesh = init_device_mesh("cpu", (2,))
     fulls = [m.weight.detach() for _, m in linear_modules(model)]
     pieces = [distribute_tensor(w, mesh, [Shard(0)]) for w in fulls]
-    events, real_full_on, real_all_reduce = [], d.full_on, d.dist.all_reduce
+    events, real_gather, real_all_reduce = [], d.gather_to_owners, d.dist.all_reduce
     gathers = [0]
 
-    def counting_full_on(*a, **k):
-        gathers[0] += 1
-        return real_full_on(*a, **k)
+    def counting_gather(ws, *a, **k):
+        gathers[0] += len(ws)
+        events.append(("gather", len(ws)))
+        return real_gather(ws, *a, **k)
 
     def counting_all_reduce(*a, **k):
         events.append(("all_reduce", gathers[0]))
@@ -54,12 +55,12 @@ def concurrent_phases(rank: int, model) -> dict:
     def compute(ws):
         events.append(("compute", gathers[0], len(ws)))
         return weight_metrics(ws)
-    d.full_on, d.dist.all_reduce = counting_full_on, counting_all_reduce
+    d.gather_to_owners, d.dist.all_reduce = counting_gather, counting_all_reduce
     try:
         rows = d.sharded_weight_rows(compute, pieces, [float(min(w.shape)) ** 2 * max(w.shape) for w in fulls],
                                      len(METRICS), budget_bytes=100_000)
     finally:
-        d.full_on, d.dist.all_reduce = real_full_on, real_all_reduce
+        d.gather_to_owners, d.dist.all_reduce = real_gather, real_all_reduce
     phases = d.gather_phases([float(min(w.shape)) ** 2 * max(w.shape) for w in fulls],
                              [w.numel() * w.element_size() for w in fulls],
                              d.assign_owners([float(min(w.shape)) ** 2 * max(w.shape) for w in fulls], 2), 2,
