@@ -5,8 +5,9 @@ different decays and silently desynchronise DDP replicas. Here the modules are s
 (each analyses ~1/world_size of the work), each rank fills only its own rows of a zero tensor and
 one SUM all-reduce assembles the table: x + 0.0 is exact, so every rank ends with the same bits.
 
-Sharded weights (FSDP2's DTensors) are assembled one module at a time on the rank that analyses it
-(``full_on``), so no rank ever holds the whole model; norms of sharded tensors are summed over ranks.
+Sharded weights (FSDP2's DTensors) are assembled on the rank that analyses them (``full_on``), a bounded
+number of bytes at a time, and the owners analyse theirs concurrently (``sharded_weight_rows``), so no rank
+ever holds the whole model; norms of sharded tensors are summed over ranks.
 """
 from __future__ import annotations
 
@@ -91,28 +92,45 @@ def full_on(weight: torch.Tensor, dst: int) -> torch.Tensor | None:
     """
     mesh = weight.device_mesh
     if mesh.ndim == 1 and tuple(weight.placements) == (Shard(0),):
+        return gather_to_owners([weight], [dst], dist.get_rank())[0]
+    full = weight.detach().full_tensor()
+    return full if dist.get_rank() == dst else None
+
+
+def gather_to_owners(weights: Sequence[torch.Tensor], owners: Sequence[int], rank: int) -> list:
+    """``full_on(weights[k], owners[k])`` for every k (None where this rank is not the owner), FSDP2's row shards
+    all sent and received in one ``batch_isend_irecv``: one synchronisation for the lot, not one per matrix.
+    Collective. Weights that are not sharded are returned where they are; other layouts go through ``full_on``."""
+    out, ops = [], []
+    for weight, dst in zip(weights, owners):
+        if not is_sharded(weight):
+            out.append(weight if dst == rank else None)
+            continue
+        mesh = weight.device_mesh
+        if not (mesh.ndim == 1 and tuple(weight.placements) == (Shard(0),)):
+            out.append(full_on(weight, dst))
+            continue
         group = mesh.get_group()
         world, me = dist.get_world_size(group), dist.get_rank(group)
         target = dist.get_group_rank(group, dst)
         rows, count = chunk_rows(weight.shape[0], world)
         local = weight.to_local().detach()
         if local.shape[0] != count[me]:
-            raise RuntimeError(f"full_on: rank {me} holds {local.shape[0]} rows of a {tuple(weight.shape)} "
-                               f"weight, torch.chunk would give it {count[me]}")
+            raise RuntimeError(f"gather_to_owners: rank {me} holds {local.shape[0]} rows of a "
+                               f"{tuple(weight.shape)} weight, torch.chunk would give it {count[me]}")
         if me != target:
             if count[me]:
-                dist.batch_isend_irecv([dist.P2POp(dist.isend, local.contiguous(), group=group,
-                                                   group_peer=target)])[0].wait()
-            return None
+                ops.append(dist.P2POp(dist.isend, local.contiguous(), group=group, group_peer=target))
+            out.append(None)
+            continue
         full = local.new_empty(tuple(weight.shape))
         full[me * rows:me * rows + count[me]] = local
-        ops = [dist.P2POp(dist.irecv, full[r * rows:r * rows + count[r]], group=group, group_peer=r)
-               for r in range(world) if r != me and count[r]]
-        for work in dist.batch_isend_irecv(ops) if ops else []:
-            work.wait()
-        return full
-    full = weight.detach().full_tensor()
-    return full if dist.get_rank() == dst else None
+        ops += [dist.P2POp(dist.irecv, full[r * rows:r * rows + count[r]], group=group, group_peer=r)
+                for r in range(world) if r != me and count[r]]
+        out.append(full)
+    for work in dist.batch_isend_irecv(ops) if ops else []:
+        work.wait()
+    return out
 
 
 def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], weights: Sequence[torch.Tensor],
@@ -120,34 +138,29 @@ def sharded_weight_rows(compute: Callable[[list[torch.Tensor]], torch.Tensor], w
                         budget_bytes: int = 64 << 20) -> torch.Tensor:
     """``sharded_rows`` for sharded weights: ``compute(full matrices)`` on each module's owner rank.
 
-    Every rank walks the modules in the same order, gathering each to its owner; an owner analyses its
-    gathered matrices once they exceed ``budget_bytes`` (and at the end), so the extra memory per rank is at
-    most ``budget_bytes`` plus one matrix. 64 MB bounds the ESD's share of an FSDP2 start (bench/memory_table.py
-    --measure); a large model's matrices keep a GPU busy one or two at a time. With one rank, or weights that are
-    not sharded, every matrix is analysed where it is.
+    The owners' eigensolves run at the same time: the pass goes in phases (``gather_phases``), each one rounds
+    of gathers, at most one matrix to each owner per round, until some owner holds ``budget_bytes`` (a phase's
+    transfers posted at once, ``gather_to_owners``); then every
+    owner computes its phase's matrices in one batched call while the others do theirs, and the next phase's
+    gathers start once all have finished, so no gather waits on one owner's eigensolve while the others idle.
+    One SUM all-reduce of the table at the end shares the rows (x + 0.0 is exact: the same bits on every rank).
+    Extra memory per rank: at most ``budget_bytes`` plus one matrix of gathered weights. 64 MB bounds the ESD's
+    share of an FSDP2 start (bench/memory_table.py --measure). With one rank, or weights that are not sharded,
+    every matrix is analysed where it is.
     """
     rank, world = active_world(group)
     n = len(weights)
     owner = assign_owners(costs, world) if world > 1 else [0] * n
     device = local_part(weights[0]).device
     table = torch.zeros(n, width, dtype=torch.float64, device=_reduce_device(group, device) if world > 1 else "cpu")
-    pending, held = [], 0
-
-    def flush():
-        nonlocal pending, held
-        if pending:
-            idxs = [i for i, _ in pending]
-            table[idxs] = compute([w for _, w in pending]).to(table.device, torch.float64)
-        pending, held = [], 0
-
-    for i, weight in enumerate(weights):
-        full = full_on(weight, owner[i]) if is_sharded(weight) else (weight if owner[i] == rank else None)
-        if full is not None:
-            pending.append((i, full))
-            held += full.numel() * full.element_size()
-            if held >= budget_bytes:
-                flush()
-    flush()
+    sizes = [w.numel() * w.element_size() for w in weights]
+    for phase in gather_phases(costs, sizes, owner, world, budget_bytes):
+        items = [i for batch in phase for i in batch]
+        fulls = gather_to_owners([weights[i] for i in items], [owner[i] for i in items], rank)
+        held = [(i, full) for i, full in zip(items, fulls) if full is not None]
+        if held:   # every owner at once, between the same two gathers
+            table[[i for i, _ in held]] = compute([w for _, w in held]).to(table.device, torch.float64)
+        del held
     if world > 1:
         dist.all_reduce(table, op=dist.ReduceOp.SUM, group=group)
     return table.cpu()
@@ -164,6 +177,26 @@ def _shard_group(tensor: DTensor):
         raise NotImplementedError(f"squared_norms: a DTensor sharded over {len(dims)} mesh dimensions "
                                   f"({tensor.placements})")
     return mesh.get_group(dims[0])
+
+
+def gather_phases(costs: Sequence[float], sizes: Sequence[int], owner: Sequence[int], world: int,
+                  budget_bytes: int) -> list[list[list[int]]]:
+    """Item indices in phases of rounds: round k holds each owner's k-th item (its items in descending cost, so a
+    round's items cost about the same on every owner); a phase ends once some owner holds ``budget_bytes``."""
+    owned = [sorted((i for i in range(len(costs)) if owner[i] == r), key=lambda i: (-costs[i], i))
+             for r in range(world)]
+    phases, phase, held = [], [], [0] * world
+    for k in range(max((len(o) for o in owned), default=0)):
+        batch = [o[k] for o in owned if k < len(o)]
+        phase.append(batch)
+        for i in batch:
+            held[owner[i]] += sizes[i]
+        if max(held) >= budget_bytes:
+            phases.append(phase)
+            phase, held = [], [0] * world
+    if phase:
+        phases.append(phase)
+    return phases
 
 
 def squared_norms(tensors: Sequence[torch.Tensor], group=None) -> torch.Tensor:

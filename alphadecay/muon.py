@@ -24,6 +24,9 @@ torch.optim.Muon itself (on bf16 weights ShardedMuon, whose step rounds decay an
 momentum buffer intact without Nesterov: torch's would lose both);
 ``"float32"`` runs the same iteration in float32 (``alphadecay.newton_schulz``: CPU runs, where bf16 matmuls are
 slow, and agreement across ranks) through ShardedMuon, which keeps it in every group and so in the state_dict.
+
+Under DDP (``replicas=Replicas(world_size)``) every path above becomes ReplicatedMuon (``alphadecay.muon_ddp``):
+each matrix orthogonalised on one rank and all-gathered, the same state_dict as the unsplit path.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import torch.nn as nn
 from .distributed import is_sharded
 from .esd import linear_modules
 from .llr import output_layer_name
+from .muon_ddp import Replicas, ReplicatedMuon
 from .muon_fsdp import ShardedMuon, check_same_ns_dtype, low_precision
 from .newton_schulz import NS_DTYPES
 
@@ -100,12 +104,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     ``param_groups`` is the union of both (the very same dicts: Muon's first), so LR schedulers, policies and
     ``group["weight_decay"] = ...`` act on the inner optimizers; ``state_dict`` holds both states.
+    ``replicas`` (``alphadecay.muon_ddp.Replicas``): the DDP ranks, when the matrices are replicated over more than
+    one; each matrix's Newton-Schulz then runs on one of them (``step`` becomes collective over them).
     """
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, lr: float, muon_lr: float | None = None,
                  momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  adjust_lr_fn: str = "match_rms_adamw", ns_dtype: str = "bfloat16",
-                 adamw_options: dict | None = None):
+                 adamw_options: dict | None = None, replicas: Replicas | None = None):
         if not muon_groups:
             raise ValueError("MuonWithAdamW needs at least one Muon group (split_muon_groups builds them)")
         checks = [(lr > 0 and math.isfinite(lr), f"lr must be positive, got {lr}"),
@@ -130,7 +136,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
         low = any(low_precision(p) for g in muon_groups for p in g["params"])
         options = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps,
                    "adjust_lr_fn": adjust_lr_fn}
-        if sharded or low or ns_dtype != "bfloat16":
+        # Under DDP (``replicas`` of more than one rank) each matrix's Newton-Schulz runs on one rank
+        # (alphadecay.muon_ddp), in the state_dict the unsplit path writes.
+        if replicas is not None and replicas.world_size > 1 and not sharded:
+            self.muon = ReplicatedMuon(muon_groups, replicas=replicas, ns_dtype=ns_dtype,
+                                       torch_state=not (low or ns_dtype != "bfloat16"), **options)
+        elif sharded or low or ns_dtype != "bfloat16":
             self.muon = ShardedMuon(muon_groups, ns_dtype=ns_dtype, **options)
         else:
             self.muon = torch.optim.Muon(muon_groups, **options)

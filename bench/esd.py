@@ -3,6 +3,7 @@
     python bench/esd.py                       # 60M and 130M shapes on this machine's CPU or GPU
     python bench/esd.py --sizes 60m,130m,350m,1b --repeat 3
     torchrun --standalone --nproc_per_node=2 bench/esd.py --sizes 130m   # + sharded vs one rank
+    torchrun --standalone --nproc_per_node=2 bench/esd.py --sizes square1024   # eigensolve-bound (GPU-like)
 
 Under torchrun three timings: rank 0 alone over whole weights, the modules split across ranks (DDP:
 every rank holds every weight), and FSDP2-sharded weights (row shards as DTensors; each matrix is
@@ -31,11 +32,16 @@ from alphadecay.esd import METRICS, weight_metrics  # noqa: E402
 # (hidden, intermediate, layers, vocab) of the paper's LLaMA configs.
 SHAPES = {"60m": (512, 1376, 8, 32000), "130m": (768, 2048, 12, 32000), "350m": (1024, 2736, 24, 32000),
           "1b": (2048, 5461, 24, 32000)}
+# Square matrices, whose Gram matrix is the matrix's size: the eigensolve (n^3) dominates the gather (n^2), the
+# regime of a GPU, where cuSOLVER takes far longer per matrix than NVLink takes to move it. Not a model.
+SYNTHETIC = {"square1024": [(1024, 1024)] * 16}
 
 
 def llama_weights(size: str, device) -> list[torch.Tensor]:
-    h, i, layers, vocab = SHAPES[size]
     g = torch.Generator(device="cpu").manual_seed(0)
+    if size in SYNTHETIC:
+        return [(torch.randn(*s, generator=g) / s[1] ** 0.5).to(device) for s in SYNTHETIC[size]]
+    h, i, layers, vocab = SHAPES[size]
     shapes = [(h, h)] * 4 + [(i, h), (i, h), (h, i)]
     ws = [torch.randn(*s, generator=g) / s[1] ** 0.5 for _ in range(layers) for s in shapes]
     ws.append(torch.randn(vocab, h, generator=g) / h ** 0.5)
@@ -76,6 +82,9 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no_lm_head", action="store_true", help="leave out the 32000 x H lm_head")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--budget_mb", type=float, default=64, help="the FSDP2 pass's gathered-bytes budget per rank "
+                                                                "(sharded_weight_rows' budget_bytes; 64 is the "
+                                                                "loop's)")
     args = p.parse_args()
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     if distributed:
@@ -100,9 +109,14 @@ def main():
                    "release_loop_s": round(base, 3), "ours_s": round(ours, 3), "speedup": round(base / ours, 2),
                    "max_rel_alpha_diff": float(f"{err:.2e}")}
         else:
-            # Sharded across ranks vs rank 0's whole pass (the others wait at the barrier).
+            # Sharded across ranks vs rank 0's whole pass (the others wait at the barrier); the three alternate
+            # in every round, so that a change of background load hurts all three alike.
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.tensor import Shard, distribute_tensor
             costs = [float(min(w.shape)) ** 2 * max(w.shape) for w in weights]
-            one, shard = float("inf"), float("inf")
+            mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+            pieces = [distribute_tensor(w, mesh, [Shard(0)]) for w in weights]
+            one, shard, fsdp = float("inf"), float("inf"), float("inf")
             for _ in range(args.repeat):
                 dist.barrier()
                 t = time.perf_counter()
@@ -115,19 +129,15 @@ def main():
                 sharded_rows(lambda idx: weight_metrics([weights[i] for i in idx]), costs, len(METRICS),
                              device=device)
                 shard = min(shard, time.perf_counter() - t)
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.tensor import Shard, distribute_tensor
-            mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-            pieces = [distribute_tensor(w, mesh, [Shard(0)]) for w in weights]
-            fsdp = float("inf")
-            for _ in range(args.repeat):
                 dist.barrier()
                 t = time.perf_counter()
-                sharded_weight_rows(weight_metrics, pieces, costs, len(METRICS))
+                sharded_weight_rows(weight_metrics, pieces, costs, len(METRICS),
+                                    budget_bytes=int(args.budget_mb * (1 << 20)))
                 fsdp = min(fsdp, time.perf_counter() - t)
-            row = {"size": size, "ranks": dist.get_world_size(), "one_rank_s": round(one, 3),
-                   "sharded_s": round(shard, 3), "speedup": round(one / shard, 2),
-                   "fsdp_sharded_s": round(fsdp, 3), "fsdp_speedup": round(one / fsdp, 2)}
+            row = {"size": size, "ranks": dist.get_world_size(), "threads_per_rank": torch.get_num_threads(),
+                   "one_rank_s": round(one, 3), "sharded_s": round(shard, 3), "speedup": round(one / shard, 2),
+                   "fsdp_sharded_s": round(fsdp, 3), "fsdp_speedup": round(one / fsdp, 2),
+                   "fsdp_over_one_rank": round(fsdp / one, 3), "budget_mb": args.budget_mb}
         if rank == 0:
             print(json.dumps(row), flush=True)
         results.append(row)

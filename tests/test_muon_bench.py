@@ -49,3 +49,21 @@ def test_muon_fsdp_comm_bench_counts_what_it_predicts(tmp_path):
         assert row["matrices"] == 14 and row["muon_params"] == 2 * (4 * 32 * 32 + 3 * 64 * 32)
         assert row["sent_bytes"] == row["exchange_bytes"] == element_size * row["muon_params"]
         assert 0 < row["exchange_s"] and 0 < row["muon_step_s"] and row["backend"] == "gloo"
+
+
+def test_muon_ddp_bench_splits_the_newton_schulz_work(tmp_path):
+    """bench/muon_step.py --ddp on 2 gloo ranks at toy size: per-rank times of both paths, and the 14 matrices
+    orthogonalised once in all (each rank its share), where the unsplit path does all 14 on each."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    proc = forklaunch.run_two_ranks(REPO / "bench" / "muon_step.py", "--ddp", "--model_config", config,
+                                    "--steps", "1", "--repeat", "1", "--ns_dtype", "float32")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 1 and rows[0]["bench"] == "muon_ddp_split_step" and rows[0]["ranks"] == 2
+    row = rows[0]
+    assert row["matrices"] == 14 and sum(row["orthogonalised_per_rank"]) == 14
+    assert all(0 < n < 14 for n in row["orthogonalised_per_rank"])
+    for key in ("split_step_s_per_rank", "unsplit_step_s_per_rank", "split_muon_half_s_per_rank",
+                "unsplit_muon_half_s_per_rank"):
+        assert len(row[key]) == 2 and all(t > 0 for t in row[key])
+    assert math.isfinite(row["ratio_split_over_unsplit"]) and row["ratio_split_over_unsplit"] > 0

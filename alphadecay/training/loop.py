@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, NonFiniteError, one_line, print_error
+from ..muon_ddp import Replicas
 from .flags.args import parse_args
 from .callbacks import Callback, TrainState
 from .checkpointing.checkpoint import Checkpointer, load_model_weights
@@ -102,7 +103,8 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             deferred.materialize(loss_fn, model, rt.device, weights=resume_from is None)
         strategy = strategy_from_args(args, model)
         optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device,
-                                    model=model, muon=muon_options(args), betas=(args.beta1, args.beta2))
+                                    model=model, muon=muon_options(args), betas=(args.beta1, args.beta2),
+                                    replicas=None if args.fsdp else Replicas(rt.world_size))
         scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
                                     warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
         loader = on_exit.enter_context(make_train_loader(

@@ -11,6 +11,7 @@ from ..combined import Combined
 from ..errors import ConfigError, one_line
 from ..llr import LLR, FixedRatioLR
 from ..muon import MuonWithAdamW, split_muon_groups
+from ..muon_ddp import Replicas
 from ..muon_fsdp import low_precision
 from ..strategies import DecayStrategy, build_strategy
 
@@ -47,11 +48,13 @@ def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy | Combined
 
 def build_optimizer(name: str, param_groups: list[dict], *, lr: float, device: torch.device,
                     model: torch.nn.Module | None = None, muon: dict | None = None,
-                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+                    betas: tuple[float, float] = (0.9, 0.999),
+                    replicas: Replicas | None = None) -> torch.optim.Optimizer:
     """``adam`` (coupled L2 decay, the paper's Table 2) or ``adamw`` (decoupled, Table 12) over the strategy's groups;
     ``muon``: Muon over the hidden matrices of ``model`` and AdamW over the rest (``alphadecay.MuonWithAdamW``, with
     ``muon``: its keyword options muon_lr, momentum, nesterov, ns_steps, adjust_lr_fn, ns_dtype). ``betas``: every Adam(W)
-    group's, Muon's AdamW half included."""
+    group's, Muon's AdamW half included. ``replicas``: DDP's ranks (Muon splits its Newton-Schulz over them; None
+    under FSDP2 or one process)."""
     # Fused kernels (every device torch has them for): one pass over each tensor for the whole update. On CPU,
     # LLaMA-20M: 10 ms per step against foreach's 30 ms and the for-loop's 62 ms. On bf16 weights they are also
     # the only correct AdamW: decay and update computed in float32 and rounded once, where the unfused paths'
@@ -67,7 +70,8 @@ def build_optimizer(name: str, param_groups: list[dict], *, lr: float, device: t
         if model is None:
             raise ValueError("build_optimizer('muon', ...) needs model= to tell the hidden matrices from the rest")
         try:
-            return MuonWithAdamW(*split_muon_groups(param_groups, model), lr=lr, adamw_options=fast, **(muon or {}))
+            return MuonWithAdamW(*split_muon_groups(param_groups, model), lr=lr, adamw_options=fast,
+                                 replicas=replicas, **(muon or {}))
         except ValueError as e:
             raise ConfigError(f"--optimizer muon: {one_line(e)}; use --optimizer adamw for this model, or fix "
                               f"the Muon flags") from None
