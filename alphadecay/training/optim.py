@@ -10,10 +10,11 @@ from ..combined import Combined
 from ..errors import ConfigError, one_line
 from ..llr import LLR, FixedRatioLR
 from ..muon import MuonWithAdamW, split_muon_groups
-from ..strategies import DecayStrategy, build_strategy
+from ..policy import Policy
+from ..strategies import build_strategy
 
 
-def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy | Combined:
+def strategy_from_args(args, model: torch.nn.Module) -> Policy:
     """The library strategy that the command-line flags name (the one place flags meet alphadecay): the decay
     strategy, composed with LLR's per-module learning rates under ``--lr_strategy llr``."""
     common = {"update_every": args.unbalancedWD_every,
