@@ -6,7 +6,7 @@
 Each linear module's weight decay is ``--weight_decay`` times its spectral norm over the mean spectral norm of all
 linear modules, reassigned every ``--unbalancedWD_every`` updates; the rest keep ``--weight_decay``. Its decay
 records (``metrics.jsonl``, ``"strategy": "spectral_norm"``) and its state in every checkpoint are the loop's own.
-Runs under torchrun as well (``score_modules`` computes each module's spectrum once across the ranks).
+README's "Your own policy" shows the class; ``tests/test_user_policy.py`` runs it.
 """
 import sys
 

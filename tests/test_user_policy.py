@@ -34,6 +34,12 @@ def test_every_built_in_policy_declares_the_interface_and_combined_composes_a_us
         alphadecay.Combined(mine, object())
 
 
+def test_the_readme_shows_the_example_as_it_runs():
+    source = (REPO / "examples" / "spectral_norm_policy.py").read_text()
+    cls = source[source.index("class SpectralNormDecay"):source.index("\n\n\ndef build")]
+    assert cls in (REPO / "README.md").read_text() and len(cls.splitlines()) < 30
+
+
 def spectral_decays(checkpoint) -> dict[str, float]:
     """What the policy must have assigned from these weights: WD x sigma_max / the mean sigma_max."""
     weights = load_file(str(checkpoint / "model.safetensors"))
