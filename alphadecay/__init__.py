@@ -20,11 +20,12 @@ from .combined import Combined, combine
 from .esd import eigenvalues, linear_modules, weight_metrics
 from .llr import LLR
 from .muon import MuonWithAdamW, split_muon_groups
+from .policy import Policy
 from .powerlaw import fit_power_law
 from .strategies import (AWD, STRATEGIES, AdaDecay, AlphaDecay, Assignment, DecayStrategy, NoDecay, Uniform,
                          build_strategy)
 
 __all__ = ["analyze", "module_type", "score_modules", "assign", "eigenvalues", "linear_modules", "weight_metrics",
            "fit_power_law", "AWD", "STRATEGIES", "AdaDecay", "AlphaDecay", "Assignment", "DecayStrategy", "NoDecay",
-           "Uniform", "build_strategy", "LLR", "Combined", "combine", "MuonWithAdamW", "split_muon_groups"]
+           "Uniform", "build_strategy", "LLR", "Combined", "combine", "Policy", "MuonWithAdamW", "split_muon_groups"]
 __version__ = "0.2.0"

@@ -17,14 +17,18 @@ import torch
 
 from .analysis import score_modules
 from .esd import linear_modules
-from .strategies import Assignment, module_partition
+from .policy import Assignment, Policy, module_partition
 
 
-class Combined:
-    """The interface of one strategy (``param_groups``, ``initial_assignment``, ``step``, ``last``, ``state_dict``)
-    over several policies, each of a different ``hyperparameter``."""
+class Combined(Policy):
+    """Several policies, each of a different ``hyperparameter``, as one :class:`~alphadecay.policy.Policy`: any
+    subclass of it composes, the built-in ones and a user's own alike."""
 
-    def __init__(self, *policies):
+    def __init__(self, *policies: Policy):
+        bad = [p for p in policies if not isinstance(p, Policy) or isinstance(p, Combined)]
+        if bad or not policies:
+            raise TypeError(f"Combined composes alphadecay.policy.Policy instances (a Combined's own policies, not "
+                            f"the Combined), got {[type(p).__name__ for p in bad] or 'none'}")
         kinds = [p.hyperparameter for p in policies]
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"each policy must set a different hyper-parameter, got {kinds}")
@@ -33,34 +37,55 @@ class Combined:
         self.policies = policies
         self.model = policies[0].model
         self.name = "+".join(p.name for p in policies)
+        self.hyperparameter = "+".join(kinds)
         self.linears = linear_modules(self.model)
         self.last: Assignment | None = None
 
-    def policy(self, hyperparameter: str):
+    def policy(self, hyperparameter: str) -> Policy | None:
         return next((p for p in self.policies if p.hyperparameter == hyperparameter), None)
+
+    def follow(self, scheduler) -> None:
+        for p in self.policies:
+            p.follow(scheduler)
 
     @property
     def decays(self) -> dict[str, float]:
         decay = self.policy("weight_decay")
-        return dict(decay.decays) if decay is not None else {}
+        return decay.values()["weight_decay"] if decay is not None else {}
 
     @property
     def update_every(self) -> int:
-        return min(p.update_every for p in self.policies)
+        return min(p.update_every for p in self.policies if hasattr(p, "update_every"))
+
+    def values(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for p in self.policies:
+            out.update(p.values())
+        return out
 
     # -- groups ---------------------------------------------------------------------------------
-    def param_groups(self) -> list[dict]:
+    def grouped_modules(self):
         wanted = {n for p in self.policies for n, _ in p.grouped_modules()}
-        modules = [(n, m) for n, m in self.model.named_modules() if n in wanted]
-        groups = []
-        for name, params in module_partition(self.model, modules):
-            values = {}
-            for p in self.policies:
-                values.update(p.group_values(name))
-            groups.append({"params": params, **values, "name": name})
-        return groups
+        return [(n, m) for n, m in self.model.named_modules() if n in wanted]
+
+    def group_values(self, name: str) -> dict[str, float]:
+        values = {}
+        for p in self.policies:
+            values.update(p.group_values(name))
+        return values
 
     # -- one ESD pass for every policy that needs it ---------------------------------------------
+    @property
+    def score_linears(self):
+        wanted = {n for p in self.policies for n, _ in p.score_linears}
+        return [(n, m) for n, m in self.linears if n in wanted]
+
+    def due(self, step: int) -> bool:
+        return any(p.due(step) for p in self.policies)
+
+    def needs_esd(self, step: int) -> bool:
+        return any(p.needs_esd(step) for p in self.policies)
+
     def _scores(self, users) -> dict[int, dict]:
         """{id(policy): scores}: one score_modules call per distinct set of analysis options."""
         by_options: dict[tuple, list] = {}
@@ -77,14 +102,23 @@ class Combined:
 
     def initial_assignment(self, optimizer: torch.optim.Optimizer | None = None, *,
                            scores: dict | None = None) -> Assignment:
-        users = [p for p in self.policies if p.score_metric != "gradnorm"]
+        users = [p for p in self.policies if p.score_metric != "gradnorm" and p.score_linears]
         shared = {id(p): scores for p in users} if scores is not None else self._scores(users)
         for p in self.policies:
             p.initial_assignment(optimizer, scores=shared.get(id(p)))
         return self._merge(0, self.policies)
 
-    def step(self, optimizer: torch.optim.Optimizer, step: int) -> Assignment | None:
-        shared = self._scores([p for p in self.policies if p.needs_esd(step)])
+    def reassign(self, optimizer: torch.optim.Optimizer | None, step: int, scores: dict | None = None) -> Assignment:
+        """Every policy reassigns now, due or not, from one ESD pass."""
+        users = [p for p in self.policies if p.score_metric != "gradnorm" and p.score_linears]
+        shared = {id(p): scores for p in users} if scores is not None else self._scores(users)
+        for p in self.policies:
+            p.reassign(optimizer, step, shared.get(id(p)))
+        return self._merge(step, self.policies)
+
+    def step(self, optimizer: torch.optim.Optimizer, step: int, scores: dict | None = None) -> Assignment | None:
+        shared = self._scores([p for p in self.policies if p.needs_esd(step)]) if scores is None else \
+            {id(p): scores for p in self.policies if p.needs_esd(step)}
         fresh = [p for p in self.policies if p.step(optimizer, step, scores=shared.get(id(p))) is not None]
         return self._merge(step, fresh) if fresh else None
 
@@ -95,9 +129,8 @@ class Combined:
             alphas.update(p.last.module_alpha)
             scores.update(p.last.module_score)
             metric = p.last.metric
-        lr = self.policy("lr")
-        self.last = Assignment(step, self.decays, alphas, scores, metric,
-                               module_lr=dict(lr.bases) if lr is not None else {})
+        self.last = Assignment.of(step, self.values(), module_alpha=alphas, module_score=scores, metric=metric)
+        self.last_step = step
         return self.last
 
     # -- checkpointing --------------------------------------------------------------------------
@@ -112,7 +145,7 @@ class Combined:
             p.load_state_dict(s)
 
 
-def combine(decay, lr_policy=None):
+def combine(decay: Policy, lr_policy: Policy | None = None) -> Policy:
     """``decay`` alone when there is no LR policy, else both composed."""
     return decay if lr_policy is None else Combined(decay, lr_policy)
 

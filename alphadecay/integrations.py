@@ -29,11 +29,12 @@ import torch
 from transformers import TrainerCallback
 
 from .analysis import MODULE_TYPES, module_type
+from .policy import Policy
 
 STRATEGY_FILE = "alphadecay_strategy.json"
 
 
-def create_optimizer(policy, args, model=None):
+def create_optimizer(policy: Policy, args, model=None):
     """The optimizer ``Trainer`` would create from ``args``, over ``policy.param_groups()``, with the policy's
     initial assignment (the ESD of the initial weights) written into it, as training does before step 0.
     """
@@ -65,12 +66,9 @@ def summary(assignment) -> dict[str, float]:
     return out
 
 
-def lr_policy(policy):
+def lr_policy(policy: Policy) -> Policy | None:
     """The LR policy inside ``policy`` (LLR alone, or the one of a Combined), or None."""
-    if getattr(policy, "hyperparameter", None) == "lr":
-        return policy
-    find = getattr(policy, "policy", None)
-    return find("lr") if callable(find) else None
+    return policy.policy("lr")
 
 
 class AlphaDecayCallback(TrainerCallback):
@@ -96,7 +94,7 @@ class AlphaDecayCallback(TrainerCallback):
     saves in ``output_dir`` (``alphadecay_strategy.json``) and read back when training resumes from one.
     """
 
-    def __init__(self, policy, *, log_summary: bool = True, on_assignment=None):
+    def __init__(self, policy: Policy, *, log_summary: bool = True, on_assignment=None):
         """``on_assignment(assignment)``: called with every assignment, the initial one included (e.g.
         ``RunLogger.decay`` to write the same decay records as pretraining)."""
         self.policy = policy
@@ -121,9 +119,8 @@ class AlphaDecayCallback(TrainerCallback):
         if state.global_step > 0 and os.path.isfile(saved):   # resumed from that checkpoint
             with open(saved) as f:
                 self.policy.load_state_dict(json.load(f))
-        lr = lr_policy(self.policy)
-        if lr is not None and lr.schedule is None and lr_scheduler is not None:
-            lr.follow(lr_scheduler)   # LLR writes b_i * S(t) itself; S is the schedule Trainer built
+        if lr_scheduler is not None:
+            self.policy.follow(lr_scheduler)   # LLR writes b_i * S(t) itself; S is the schedule Trainer built
         if optimizer is None:
             return
         names = {g.get("name") for g in optimizer.param_groups}

@@ -26,7 +26,7 @@ import torch.nn as nn
 from .analysis import score_modules
 from .assign import ASSIGN_FUNCS, assign
 from .esd import linear_modules
-from .strategies import Assignment, _find_groups, _layer_of, module_partition
+from .policy import Assignment, Policy, find_groups, layer_of, module_partition
 
 LR_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy")
 
@@ -40,7 +40,7 @@ def output_layer_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None)
 
 
-class LLR:
+class LLR(Policy):
     """Per-module learning rates: every linear module and every embedding its own group, the rest (norms) one group.
 
     * embeddings and the output layer: ``lr_max_ratio * lr`` explicitly (no ESD; the release gives them the largest
@@ -131,7 +131,10 @@ class LLR:
         return 1.0 if self.schedule is None else float(self.schedule(step))
 
     def follow(self, scheduler) -> None:
-        """Take S(t) from a ``LambdaLR`` (e.g. the one transformers' Trainer builds) over the same optimizer."""
+        """Take S(t) from a ``LambdaLR`` (e.g. the one transformers' Trainer builds) over the same optimizer, when
+        built without ``schedule``."""
+        if self.schedule is not None:
+            return
         lambdas = getattr(scheduler, "lr_lambdas", None)
         if not lambdas:
             raise ValueError(f"LLR reads S(t) from a LambdaLR; {type(scheduler).__name__} has no lr_lambdas: pass "
@@ -148,7 +151,7 @@ class LLR:
         return self.bases.get(name, self.lr) * self.s(step)
 
     def write(self, optimizer: torch.optim.Optimizer, step: int) -> None:
-        for name, group in _find_groups(optimizer):
+        for name, group in find_groups(optimizer):
             group["lr"] = self.lr_at(name, step)
 
     # -- assignments ----------------------------------------------------------------------------
@@ -161,7 +164,7 @@ class LLR:
     def step(self, optimizer: torch.optim.Optimizer | None, step: int,
              scores: dict | None = None) -> Assignment | None:
         """Reassigns when due, then writes every group's LR for this update; the Assignment when it reassigned."""
-        out = self.reassign(step, scores) if self.needs_esd(step) else None
+        out = self.reassign(None, step, scores) if self.needs_esd(step) else None
         if optimizer is not None:
             self.write(optimizer, step)
         return out
@@ -169,10 +172,7 @@ class LLR:
     def initial_assignment(self, optimizer: torch.optim.Optimizer | None = None, *,
                            scores: dict | None = None) -> Assignment:
         """Bases from the initial weights (``scores``: a table of :func:`alphadecay.analyze` to reuse)."""
-        out = self.reassign(0, scores)
-        if optimizer is not None:
-            self.write(optimizer, 0)
-        return out
+        return self.reassign(optimizer, 0, scores)
 
     def tuned(self, scores: dict[str, dict]) -> list[str]:
         names = [n for n, _ in self._score_linears]
@@ -181,13 +181,15 @@ class LLR:
                 and scores[n]["num_eigs"] >= self.eigs_thresh
                 and not (self.assign_func in ("tb_sqrt", "tb_log2") and scores[n][self.metric] <= 0)]
 
-    def reassign(self, step: int, scores: dict | None = None) -> Assignment:
+    def reassign(self, optimizer: torch.optim.Optimizer | None, step: int, scores: dict | None = None) -> Assignment:
+        """New bases now (the ramp from the current LRs when it is not the first assignment); with ``optimizer``
+        every group's LR at ``step`` written."""
         if scores is None:
             scores = score_modules(self.model, self.metric, self._score_linears, distributed=self.distributed,
                                    **self.analysis)
         chosen = self.tuned(scores)
         values = assign(self.assign_func, [scores[n][self.metric] for n in chosen], self.lr,
-                        layers=[_layer_of(n) for n in chosen], wd_min_ratio=self.lr_min_ratio,
+                        layers=[layer_of(n) for n in chosen], wd_min_ratio=self.lr_min_ratio,
                         wd_max_ratio=self.lr_max_ratio, positive=self.positive, sigmoid_alpha=self.sigmoid_alpha)
         bases = {n: self.lr for n, _ in self.modules}
         bases.update({n: self.lr_max_ratio * self.lr for n in self.explicit})
@@ -206,7 +208,12 @@ class LLR:
         alphas = {n: scores[n]["alpha"] for n, _ in self._score_linears if "alpha" in scores[n]}
         metric_scores = {n: scores[n][self.metric] for n, _ in self._score_linears}
         self.last = Assignment(step, {}, alphas, metric_scores, self.metric, module_lr=dict(bases))
+        if optimizer is not None:
+            self.write(optimizer, step)
         return self.last
+
+    def values(self) -> dict[str, dict[str, float]]:
+        return {"lr": dict(self.bases)}
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -254,10 +261,12 @@ class FixedRatioLR(LLR):
     def due(self, step: int) -> bool:
         return self.last_step is None
 
-    def reassign(self, step: int, scores: dict | None = None) -> Assignment:
+    def reassign(self, optimizer: torch.optim.Optimizer | None, step: int, scores: dict | None = None) -> Assignment:
         from .analysis import module_type
         kind = lambda n: "embed" if n in self.explicit else module_type(n)  # noqa: E731
         self.bases = {n: self.ratios.get(kind(n), 1.0) * self.lr for n, _ in self.modules}
         self.ramp_from, self.ramp, self.last_step = None, {}, step
         self.last = Assignment(step, {}, {}, {}, "alpha", module_lr=dict(self.bases))
+        if optimizer is not None:
+            self.write(optimizer, step)
         return self.last

@@ -1,104 +1,28 @@
-"""Weight-decay strategies behind one interface (AlphaDecay and the baselines of He et al., 2025).
+"""Weight-decay strategies (AlphaDecay and the baselines of He et al., 2025), each an :class:`alphadecay.policy.Policy`
+whose ``hyperparameter`` is ``weight_decay``.
 
-Every strategy:
-  * ``param_groups()`` -> optimizer parameter groups at the current decays, and nothing else: every
-    parameter is in exactly one group and every group has a ``name`` (a linear module's name,
-    ``"other"`` or ``"all"``);
-  * ``initial_assignment(optimizer)`` -> the assignment before the first update (the paper starts from
-    the initial weights: decays for the module-wise strategies, the initial alphas for the record
-    for the others); writes the decays into the optimizer's groups and returns an :class:`Assignment`;
-  * ``step(optimizer, step)`` -> called after backward and before ``optimizer.step()`` with the
-    number of optimizer updates already applied; rewrites the groups' ``weight_decay`` at the
-    strategy's cadence and returns an :class:`Assignment` when it did (else None);
-  * ``last`` -> the most recent :class:`Assignment` (per-module alpha and decay);
-  * ``state_dict()`` / ``load_state_dict()`` -> plain Python data, safe for ``torch.load(weights_only=True)``.
-
-The same interface serves one per-module hyper-parameter of any kind (``hyperparameter``: the group key it
-writes): a decay strategy here, the LR policy :class:`alphadecay.llr.LLR`. :class:`alphadecay.combined.Combined`
-composes one of each on the finest partition of their groups, from one ESD pass per step; for that each policy
-also says which modules need a group of their own (``grouped_modules``), the values of a group by name
-(``group_values``), which modules it scores (``score_linears``) and whether a step needs the ESD (``needs_esd``),
-and takes ``step(optimizer, step, scores=...)``.
+Beyond the interface: ``param_groups()`` holds the groups at the current decays and nothing else (every parameter
+in exactly one group, every group named by a linear module, ``"other"`` or ``"all"``); ``initial_assignment``
+starts from the initial weights as the paper does (decays for the module-wise strategies, the initial alphas for
+the record for the others); ``decays`` holds the current per-module decays and ``write(optimizer)`` puts them into
+the optimizer's groups.
 """
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
-from .analysis import MODULE_TYPES, module_type, score_modules
+from .analysis import score_modules
 from .distributed import is_sharded, squared_norms
 from .assign import ASSIGN_FUNCS, assign
+from .policy import BLOCK, Assignment, Policy, find_groups, layer_of, module_partition
 
 ESD_METRICS = ("alpha", "alphahat", "spectral_norm", "stable_rank", "entropy", "gradnorm")
 
 
-@dataclass
-class Assignment:
-    """What a strategy assigned at one step."""
-    step: int
-    module_weight_decay: dict[str, float]
-    module_alpha: dict[str, float] = field(default_factory=dict)
-    module_score: dict[str, float] = field(default_factory=dict)
-    metric: str = "alpha"
-    module_lr: dict[str, float] = field(default_factory=dict)   # base LR b_i (before the schedule), with LLR
-
-    def type_mean_alpha(self) -> dict[str, float]:
-        """Mean alpha per module type (q, k, v, o, gate, up, down), the paper's balance picture."""
-        sums: dict[str, list[float]] = {}
-        for name, a in self.module_alpha.items():
-            t = module_type(name)
-            if t in MODULE_TYPES and math.isfinite(a):
-                sums.setdefault(t, []).append(a)
-        return {t: sum(v) / len(v) for t, v in sums.items()}
-
-    def type_mean_lr(self) -> dict[str, float]:
-        """Mean base LR per module type, embeddings and the output layer (by their names) included."""
-        sums: dict[str, list[float]] = {}
-        for name, lr in self.module_lr.items():
-            sums.setdefault(module_type(name), []).append(lr)
-        return {t: sum(v) / len(v) for t, v in sums.items()}
-
-    def to_record(self) -> dict:
-        rec = {"step": self.step, "module_weight_decay": self.module_weight_decay,
-               "module_alpha": self.module_alpha,
-               "type_mean_alpha": self.type_mean_alpha()}
-        if self.metric not in ("alpha", None):
-            rec["esd_metric_for_tb"] = self.metric
-            rec["module_score"] = self.module_score
-        if self.module_lr:
-            rec["module_lr"] = self.module_lr
-            rec["type_mean_lr"] = self.type_mean_lr()
-        return rec
-
-
-def _find_groups(optimizer: torch.optim.Optimizer) -> list[tuple[str, dict]]:
-    # A list, not a dict: a module's group may be split over two optimizers under one name (Muon + AdamW).
-    groups = [(g["name"], g) for g in optimizer.param_groups if "name" in g]
-    if not groups:
-        raise ValueError("the optimizer's parameter groups have no 'name'; build the optimizer from "
-                         "strategy.param_groups() so that decays can be written per module")
-    return groups
-
-
-def module_partition(model: nn.Module, modules) -> list[tuple[str, list[nn.Parameter]]]:
-    """(name, trainable parameters) of each module in ``modules`` and ``"other"`` for the rest; empty ones dropped.
-
-    A parameter shared by two modules (a tied output layer) belongs to the first.
-    """
-    groups, seen = [], set()
-    for name, module in modules:
-        params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
-        seen.update(map(id, params))
-        groups.append((name, params))
-    groups.append(("other", [p for p in model.parameters() if p.requires_grad and id(p) not in seen]))
-    return [(n, ps) for n, ps in groups if ps]
-
-
-class DecayStrategy:
+class DecayStrategy(Policy):
     """Base class: one decay for everything, re-analysed only for monitoring (``alpha_every``)."""
     name = "uniform"
     hyperparameter = "weight_decay"
@@ -134,6 +58,9 @@ class DecayStrategy:
         """This policy's hyper-parameters of the group ``name`` when groups are built."""
         return {"weight_decay": self.decays.get(name, self.weight_decay)}
 
+    def values(self) -> dict[str, dict[str, float]]:
+        return {"weight_decay": dict(self.decays)}
+
     @property
     def score_linears(self) -> list[tuple[str, nn.Module]]:
         return self.linears
@@ -146,28 +73,10 @@ class DecayStrategy:
     def due(self, step: int) -> bool:
         return self.alpha_every > 0 and step % self.alpha_every == 0
 
-    def needs_esd(self, step: int) -> bool:
-        """Whether ``step(optimizer, step)`` would run the ESD (so that a composition can run it once for all)."""
-        return step != self.last_step and self.due(step) and self.score_metric != "gradnorm"
-
-    def step(self, optimizer: torch.optim.Optimizer, step: int, scores: dict | None = None) -> Assignment | None:
-        if step == self.last_step or not self.due(step):
-            return None
-        return self.reassign(optimizer, step, scores)
-
     def reassign(self, optimizer: torch.optim.Optimizer | None, step: int, scores: dict | None = None) -> Assignment:
         scores = scores if scores is not None else self._scores("alpha")
         alphas = {n: scores[n]["alpha"] for n, _ in self.linears}
         return self._record(step, alphas, {}, "alpha")
-
-    def initial_assignment(self, optimizer: torch.optim.Optimizer | None = None, *,
-                           scores: dict | None = None) -> Assignment:
-        """The assignment before the first update, from the initial weights (the run's first decay record).
-
-        ``scores``: a table from :func:`alphadecay.analyze` of the same model and options, reused instead of a
-        second ESD pass. With ``optimizer`` the decays are written into its named groups.
-        """
-        return self.reassign(optimizer, 0, scores)
 
     def _scores(self, metric: str) -> dict:
         return score_modules(self.model, metric, self.linears, distributed=self.distributed, **self.analysis)
@@ -178,7 +87,7 @@ class DecayStrategy:
         return self.last
 
     def write(self, optimizer: torch.optim.Optimizer) -> None:
-        for name, group in _find_groups(optimizer):
+        for name, group in find_groups(optimizer):
             group["weight_decay"] = self.decays.get(name, self.weight_decay)
 
     # -- checkpointing ------------------------------------------------------------------------
@@ -237,7 +146,7 @@ class ModuleWise(DecayStrategy):
         self.wd_min_ratio, self.wd_max_ratio = float(wd_min_ratio), float(wd_max_ratio)
         self.remove_first_layer, self.remove_last_layer = remove_first_layer, remove_last_layer
         self.eigs_thresh, self.sigmoid_alpha = int(eigs_thresh), float(sigmoid_alpha)
-        if assign_func == "layerwise_sigmoid" and not any(_BLOCK.search(n) for n, _ in self.linears):
+        if assign_func == "layerwise_sigmoid" and not any(BLOCK.search(n) for n, _ in self.linears):
             raise ValueError("assign_func 'layerwise_sigmoid' z-scores within transformer blocks, but no linear module "
                              "name holds a block index (like 'layers.3.'); use tb_linear_map for this model")
 
@@ -281,7 +190,7 @@ class ModuleWise(DecayStrategy):
         scores = scores if scores is not None else self._scores(self.metric)
         chosen = self.balanced(scores)
         values = assign(self.assign_func, [scores[n][self.metric] for n in chosen], self.weight_decay,
-                        layers=[_layer_of(n) for n in chosen], wd_min_ratio=self.wd_min_ratio,
+                        layers=[layer_of(n) for n in chosen], wd_min_ratio=self.wd_min_ratio,
                         wd_max_ratio=self.wd_max_ratio, positive=self.positive, sigmoid_alpha=self.sigmoid_alpha)
         self.decays = {n: self.weight_decay for n, _ in self.linears}
         self.decays.update(zip(chosen, values))
@@ -290,15 +199,6 @@ class ModuleWise(DecayStrategy):
         alphas = {n: scores[n]["alpha"] for n, _ in self.linears if "alpha" in scores[n]}
         metric_scores = {n: scores[n][self.metric] for n, _ in self.linears}
         return self._record(step, alphas, metric_scores, self.metric)
-
-
-_BLOCK = re.compile(r"\.(\d+)\.")
-
-
-def _layer_of(name: str) -> str:
-    # Transformer block index: "model.layers.3.mlp.up_proj" -> "3" (the release splits on '.').
-    m = _BLOCK.search(name)
-    return m.group(1) if m else name
 
 
 class AlphaDecay(ModuleWise):

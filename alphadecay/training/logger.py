@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 
 from ..errors import one_line
-from ..strategies import Assignment
+from ..policy import Assignment
 
 
 def _clean(v):

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, NonFiniteError, one_line, print_error
 from ..muon_ddp import Replicas
+from ..policy import Policy
 from .flags.args import parse_args
 from .callbacks import Callback, TrainState
 from .checkpointing.checkpoint import Checkpointer, load_model_weights
@@ -50,8 +51,14 @@ from .parallel.runtime import StopSignal, process_group, setup, world_size_from_
 from .data.text_sources import HubSource
 
 
-def train(args, callbacks: Sequence[Callback] = ()) -> dict:
-    """One training run (or one evaluation with ``--eval_only``) from validated flags (args.parse_args)."""
+PolicyFactory = Callable[[object, torch.nn.Module], Policy]
+
+
+def train(args, callbacks: Sequence[Callback] = (), policy: PolicyFactory | None = None) -> dict:
+    """One training run (or one evaluation with ``--eval_only``) from validated flags (args.parse_args).
+
+    ``policy(args, model)``: builds the run's per-module policy (an ``alphadecay.Policy``) instead of the one the
+    flags name (``optim.strategy_from_args``); its ``name`` labels the decay records."""
     rt = setup(args.device, timeout_minutes=args.dist_timeout_minutes)
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(process_group())       # destroyed last, on every exit path
@@ -101,7 +108,10 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                           fsdp=args.fsdp, param_dtype=precision.fsdp_param_dtype(), dp_replicate=args.dp_replicate)
         if deferred is not None:   # build_model's weights, row by row (a resume's checkpoint brings its own)
             deferred.materialize(loss_fn, model, rt.device, weights=resume_from is None)
-        strategy = strategy_from_args(args, model)
+        strategy = (policy or strategy_from_args)(args, model)
+        if not isinstance(strategy, Policy):
+            raise TypeError(f"train(policy=...) must build an alphadecay.Policy, got {type(strategy).__name__}")
+        label = args.strategy if policy is None else strategy.name
         optimizer = build_optimizer(args.optimizer, strategy.param_groups(), lr=args.lr, device=rt.device,
                                     model=model, muon=muon_options(args), betas=(args.beta1, args.beta2),
                                     replicas=None if args.fsdp else Replicas(rt.world_size))
@@ -125,7 +135,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
 
         log = on_exit.enter_context(_run_logger(args, model, rt.is_main, state.update_step, resume_from))
         if assignment is not None:
-            log.decay(assignment, args.strategy)
+            log.decay(assignment, label)
         if resume_from is not None:
             log.write({"type": "resume", "step": state.update_step, "from": resume_from, "changed": changed})
             if rt.is_main:
@@ -138,7 +148,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
         bar = on_exit.enter_context(progress_bar(args.num_training_steps, state.update_step, rt.is_main))
         batches = iter(loader)
         accum = args.gradient_accumulation
-        per_module_lr = getattr(args, "lr_strategy", "uniform") in ("llr", "sharpness")
+        per_module_lr = strategy.policy("lr") is not None
 
         def save() -> str | None:
             return checkpointer.save(state.update_step, model, optimizer, {
@@ -183,7 +193,7 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
             # 6. AlphaDecay: every T updates, recompute module alphas and reassign module-wise decays.
             assignment = strategy.step(optimizer, state.update_step)
             if assignment is not None:
-                log.decay(assignment, args.strategy)
+                log.decay(assignment, label)
 
             # scheduler.step() overwrites every group's lr: keep the ones this update steps with for the log.
             stepped_lrs = {g["name"]: g["lr"] for g in optimizer.param_groups} if per_module_lr else None
@@ -307,12 +317,12 @@ def evaluate_checkpoint(model, path: str, evaluator: Evaluator, is_main: bool) -
     return result
 
 
-def main(argv=None, callbacks: Sequence[Callback] = ()) -> int:
+def main(argv=None, callbacks: Sequence[Callback] = (), policy: PolicyFactory | None = None) -> int:
     """Entry point: one-line error and exit code 2 for bad input, 1 for a failed run; any other exception
     ends the run (workers and process group included) with its traceback."""
     try:
         args = parse_args(argv, world_size=world_size_from_env())
-        train(args, callbacks)
+        train(args, callbacks, policy)
         return 0
     except ConfigError as e:
         print_error(str(e))

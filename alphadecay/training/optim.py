@@ -13,10 +13,11 @@ from ..llr import LLR, FixedRatioLR
 from ..muon import MuonWithAdamW, split_muon_groups
 from ..muon_ddp import Replicas
 from ..muon_fsdp import low_precision
-from ..strategies import DecayStrategy, build_strategy
+from ..policy import Policy
+from ..strategies import build_strategy
 
 
-def strategy_from_args(args, model: torch.nn.Module) -> DecayStrategy | Combined:
+def strategy_from_args(args, model: torch.nn.Module) -> Policy:
     """The library strategy that the command-line flags name (the one place flags meet alphadecay): the decay
     strategy, composed with LLR's per-module learning rates under ``--lr_strategy llr``."""
     common = {"update_every": args.unbalancedWD_every,
