@@ -294,8 +294,9 @@ def check_model_config(path: str, max_length: int | None = None):
 
 def _check_data_paths(args) -> None:
     from ..data.text_sources import resolve_data_files
+    from ..data.prepared import is_prepared
     for flag in ("dataset_path", "eval_dataset_path"):
-        if getattr(args, flag) is not None:
+        if getattr(args, flag) is not None and not is_prepared(getattr(args, flag)):   # opened (and checked) later
             try:
                 resolve_data_files(getattr(args, flag))
             except ConfigError as e:
