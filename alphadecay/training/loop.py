@@ -32,8 +32,9 @@ from ..errors import ConfigError, NonFiniteError, one_line, print_error
 from .flags.args import parse_args
 from .callbacks import Callback, TrainState
 from .checkpointing.checkpoint import Checkpointer, load_model_weights
-from .data.batches import load_tokenizer
-from .data.select import eval_path, train_loader
+from .data.batches import TrainBatches, load_tokenizer, make_train_loader
+from .data.prepared import is_prepared
+from .data.select import eval_path, token_loader
 from .evaluate import Evaluator
 from .flops import Throughput, training_flops_per_token
 from .logger import RunLogger, WandbSettings, progress_bar
@@ -106,7 +107,12 @@ def train(args, callbacks: Sequence[Callback] = ()) -> dict:
                                     model=model, muon=muon_options(args), betas=(args.beta1, args.beta2))
         scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
                                     warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
-        loader = on_exit.enter_context(train_loader(args, tokenizer, rt.rank, rt.world_size))
+        loader = on_exit.enter_context(token_loader(args, tokenizer, rt.rank, rt.world_size) if is_prepared(
+            args.dataset_path) else make_train_loader(
+            TrainBatches(args.dataset_path, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                         rank=rt.rank, world_size=rt.world_size, num_workers=args.workers, packing=args.packing,
+                         hub=HubSource.from_args(args)),
+            args.workers))
 
         # 3. Decays from the initial weights (the paper's start), or the whole state from a checkpoint.
         state, assignment = TrainState(), None

@@ -47,6 +47,7 @@ from datasets.distributed import split_dataset_by_node
 from ...errors import ConfigError, one_line
 from . import workers
 from .encode import encode_rows
+from .retry import resilient_blocks
 from .text_sources import HUB_DATASET, HubSource, _hub_unreachable, load_documents, resolve_data_files
 
 __all__ = ["load_tokenizer", "resolve_data_files", "load_documents", "TrainBatches", "ResumableLoader",
@@ -154,27 +155,27 @@ class _DocStream:
         return {"epoch": self.epoch, "block": self.block, "offset": self.offset, "source": self.source,
                 "skipped": self.skipped}
 
-    def _dataset(self):
+    def _dataset(self, source):
         owner = self.owner
         ds = owner.documents.shuffle(seed=owner.shuffle_seed, buffer_size=1, max_buffer_input_shards=1)
         ds = split_dataset_by_node(ds, rank=owner.rank, world_size=owner.world_size, strategy=owner.strategy)
         ds = split_dataset_by_node(ds, rank=self.index, world_size=owner.num_streams, strategy=owner.strategy)
         ds.set_epoch(self.epoch)
-        if self.source is not None:
-            ds.load_state_dict(self.source)
+        if source is not None:
+            ds.load_state_dict(source)
         return ds
 
     def __iter__(self):
         owner = self.owner
         while True:
             whole_epoch = self.source is None and self.block == 0 and self.offset == 0
-            ds, kept = self._dataset(), 0
+            kept = 0
             # ds.iter, not iter(ds): inside a DataLoader worker iter(ds) would split the shards by worker again.
-            blocks = ds.iter(batch_size=owner.shuffle_buffer)
+            # A transient network error re-opens the stream at the last block's state (retry.py).
+            blocks = resilient_blocks(self._dataset, owner.shuffle_buffer, owner.source_name, self.source)
             with _quiet_shuffle_buffer_warning():  # the state is loaded when the first block is fetched
                 first = next(blocks, None)
-            for block in itertools.chain([first] if first is not None else [], blocks):
-                after_block = ds.state_dict()
+            for block, after_block in itertools.chain([first] if first is not None else [], blocks):
                 texts, flags = block["text"], block.get("undecodable")
                 seed = [owner.shuffle_seed, self.epoch, self.stream, self.block]
                 order = np.random.default_rng(seed).permutation(len(texts))

@@ -22,6 +22,7 @@ import numpy as np
 from ...errors import ConfigError
 from .prepared import (EOS_POLICY, FORMAT, MANIFEST, PREPARING, SETTINGS, file_sha256, shard_names,
                        token_dtype, tokenizer_files_sha256, tokenizer_sha256)
+from .retry import resilient_blocks
 from .text_sources import HubSource, load_documents
 
 READ_BLOCK = 1000
@@ -52,8 +53,13 @@ class PrepareSettings:
         return out
 
 
-def _texts(documents, counts):
-    for block in documents.iter(batch_size=READ_BLOCK):
+def _texts(documents, counts, where="the source"):
+    def reopen(state):
+        if state is not None:
+            documents.load_state_dict(state)
+        return documents
+
+    for block, _ in resilient_blocks(reopen, READ_BLOCK, where):
         flags = block.get("undecodable") or [False] * len(block["text"])
         for text, bad in zip(block["text"], flags):
             if bad:

@@ -1,24 +1,17 @@
-"""Which training data a run reads: a prepared folder (tokens by global index) or text (streamed, per rank)."""
+"""What a run reads from a prepared folder (tokens by global index) instead of text (streamed, per rank)."""
 from __future__ import annotations
 
-from .batches import TrainBatches, make_train_loader
 from .prepared import is_prepared, open_prepared
-from .text_sources import HubSource
 from .tokens import TokenBatches, TokenLoader
 
 
-def train_loader(args, tokenizer, rank: int, world_size: int):
-    """The training loader of a run (a context manager that stops its workers)."""
-    if is_prepared(args.dataset_path):
-        data = open_prepared(args.dataset_path, tokenizer, args.tokenizer)
-        batches = TokenBatches(data, batch_size=args.batch_size, total_batch_size=args.total_batch_size,
-                               max_length=args.max_length, rank=rank, world_size=world_size, packing=args.packing,
-                               num_workers=args.workers)
-        return TokenLoader(batches, args.workers, announce=rank == 0)
-    return make_train_loader(
-        TrainBatches(args.dataset_path, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                     rank=rank, world_size=world_size, num_workers=args.workers, packing=args.packing,
-                     hub=HubSource.from_args(args)), args.workers)
+def token_loader(args, tokenizer, rank: int, world_size: int) -> TokenLoader:
+    """The training loader of a run from a prepared --dataset_path (a context manager that stops its workers)."""
+    data = open_prepared(args.dataset_path, tokenizer, args.tokenizer)
+    batches = TokenBatches(data, batch_size=args.batch_size, total_batch_size=args.total_batch_size,
+                           max_length=args.max_length, rank=rank, world_size=world_size, packing=args.packing,
+                           num_workers=args.workers)
+    return TokenLoader(batches, args.workers, announce=rank == 0)
 
 
 def eval_path(args):
