@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -188,3 +189,26 @@ def test_two_ranks_resumed_on_one_process_match_the_uninterrupted_run(folder, tm
             torch.testing.assert_close(other[name], reference[name], rtol=0, atol=1e-4)
     # and the run did learn: the weights moved from the checkpoint at k
     assert any(not torch.equal(weights(part / f"model_{k}")[n], reference[n]) for n in reference)
+
+
+def test_table_scripts_take_a_prepared_folder_through_one_variable(folder, tmp_path):
+    import shlex
+    import subprocess
+    from alphadecay.training.flags.args import parse_args
+    from conftest import REPO
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), "NGPUS": "0", "MODELS": "llama_9m",
+           "METHODS": "uniform alphadecay", "DECAYS": "1e-5", "PREPARED": str(folder), "PYTHON": sys.executable}
+    out = subprocess.run(["bash", str(REPO / "scripts" / "table2_adam" / "run.sh")], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    commands = [shlex.split(line) for line in out.splitlines() if "torchrun_main.py" in line]
+    assert len(commands) == 2
+    for c in commands:
+        args = parse_args(c[c.index("torchrun_main.py") + 1:])
+        assert args.dataset_path == str(folder) and args.tokenizer == str(T5)
+
+
+def test_the_tokenizer_hash_ignores_call_settings(tok):
+    from alphadecay.training.data.prepared import tokenizer_sha256
+    before = tokenizer_sha256(tok)
+    tok(["some text"] * 2, max_length=8, truncation=True, padding="max_length")
+    assert tokenizer_sha256(tok) == before == tokenizer_sha256(load_tokenizer(str(T5), 1024))

@@ -98,3 +98,29 @@ def test_prepare_data_reads_through_errors(files, tok, tmp_path, monkeypatch):
     faulty = prepare(PrepareSettings(str(DATA_DIR / "tokenizers" / "t5-base"), str(tmp_path / "faulty"), files,
                                      holdout_docs=5), tok, progress=False)
     assert faulty["fingerprint"] == clean["fingerprint"] and clean["counts"]["train"]["documents"] == 55
+
+
+def test_each_stream_reads_only_its_own_file(tmp_path, tok, monkeypatch):
+    from alphadecay.training.data.batches import _DocStream
+    for f in range(3):   # 3 files for 2 ranks x 2 workers: fewer files than streams
+        lines = "".join(json.dumps({"text": f"file {f} doc {i}"}) + "\n" for i in range(12))
+        (tmp_path / f"{f}.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    opened = []
+    monkeypatch.setattr(sources, "_read_documents", lambda files: (opened.extend(files), REAL_READ(files))[1])
+    seen, files_of = [], []
+    for rank in range(2):
+        owner = TrainBatches(str(tmp_path), tok, batch_size=2, max_length=32, rank=rank, world_size=2, num_workers=2,
+                             shuffle_buffer=4)
+        assert owner.strategy == "files"
+        for index in range(2):
+            opened.clear()
+            stream, docs = _DocStream(owner, index, None), []
+            for text in stream:
+                if stream.epoch > 0:
+                    break
+                docs.append(text)
+            files_of.append(set(opened))
+            seen.append(docs)
+    assert all(len(f) == 1 for f in files_of) and len(set().union(*files_of)) == 3   # one file each, all read
+    everything = [d for docs in seen for d in docs]
+    assert sorted(everything) == sorted(f"file {f} doc {i}" for f in range(3) for i in range(12))   # each once

@@ -54,7 +54,12 @@ def file_sha256(path: str) -> str:
 def tokenizer_sha256(tokenizer) -> str:
     """SHA-256 of what decides the token ids: the serialized fast tokenizer (or, for a slow one, its vocabulary)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # truncation and padding are call settings the tokenizer keeps from its last padded call, not its ids
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -156,7 +156,8 @@ class TokenLoader:
                 self._taken += 1
                 yield batch
         finally:
-            workers.stop(batches) if self.num_workers else None
+            if self.num_workers:   # torch's own clean-up would leave workers that ignore SIGTERM
+                workers.stop(batches)
 
 
 def eval_token_batches(data: PreparedData, *, batch_size, max_length, target_eval_tokens, rank=0, world_size=1):
