@@ -127,7 +127,7 @@ def test_a_crash_leaves_whole_shards_and_the_same_command_continues(folder, tmp_
     with pytest.raises(ConfigError, match="still being written"):
         PreparedData(out)
     monkeypatch.setattr(prepare_mod, "write_shard", real)
-    assert prepare(out) == 0
+    assert prepare(out, "--workers", "2") == 0     # another worker count continues it, to the same tokens
     assert json.loads((out / MANIFEST).read_text())["fingerprint"] == \
         json.loads((folder / MANIFEST).read_text())["fingerprint"]
     with pytest.raises(ConfigError, match="other settings"):
@@ -212,3 +212,9 @@ def test_the_tokenizer_hash_ignores_call_settings(tok):
     before = tokenizer_sha256(tok)
     tok(["some text"] * 2, max_length=8, truncation=True, padding="max_length")
     assert tokenizer_sha256(tok) == before == tokenizer_sha256(load_tokenizer(str(T5), 1024))
+
+
+def test_holdout_by_count_or_fraction():
+    assert [i for i in range(300) if prepare_mod._held_out(i, 0.01)] == [99, 199, 299]
+    assert [i for i in range(10) if prepare_mod._held_out(i, 3)] == [0, 1, 2]
+    assert not any(prepare_mod._held_out(i, 0) for i in range(10))
