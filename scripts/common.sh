@@ -11,6 +11,8 @@
 #   OUT           output root (default <repo>/runs); a run lives in $OUT/<table>/<run name>
 #   WANDB_PROJECT wandb project (default AlphaDecay); NO_WANDB=1 adds --no_wandb
 #   DATA_ARGS     data flags, e.g. "--dataset_path ... --eval_dataset_path ... --tokenizer ..." (empty: hub C4)
+#   PREPARED      a folder written by 'alphadecay prepare-data': every run trains (and evaluates) from it, with
+#                 the tokenizer its manifest names; it comes after DATA_ARGS, so it wins over a --dataset_path there
 #   STEPS, WARMUP override --num_training_steps / --warmup_steps (WARMUP defaults to STEPS/10 when only STEPS is set)
 #   LR TOTAL_BATCH MICRO_BATCH MAX_LENGTH EVAL_EVERY EVAL_TOKENS SAVE_EVERY DTYPE WORKERS: recipe overrides
 #   EVERY         --unbalancedWD_every of AlphaDecay/AdaDecay (default 500; Table 11 uses INTERVALS instead)
@@ -28,6 +30,7 @@ AD_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 : "${WANDB_PROJECT:=AlphaDecay}"
 : "${NO_WANDB:=0}"
 : "${DATA_ARGS:=}"
+: "${PREPARED:=}"
 : "${EXTRA_ARGS:=}"
 : "${DRY_RUN:=0}"
 : "${QUIET:=0}"
@@ -141,6 +144,16 @@ trap 'AD_STOP=1' INT TERM
 # ad_run TABLE MODEL OPTIMIZER METHOD DECAY SEED [EVERY] [MIN_RATIO MAX_RATIO] [EXTRA...]
 #   One training run: skipped when its metrics.jsonl has a final record, resumed (--continue_from latest)
 #   when it has a checkpoint, started otherwise.
+
+# The data flags of PREPARED (nothing when it is unset): the folder and the tokenizer its manifest names.
+ad_prepared_args() {
+    [[ -z "$PREPARED" ]] && return 0
+    local tokenizer
+    tokenizer="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/manifest.json"))["tokenizer"]["name"])' "$PREPARED" 2>/dev/null)" \
+        || { echo "error: PREPARED=$PREPARED has no readable manifest.json; run alphadecay prepare-data --output $PREPARED ... first" >&2; return 2; }
+    echo "--dataset_path $PREPARED --tokenizer $tokenizer"
+}
+
 ad_run() {
     local table="$1" model="$2" optimizer="$3" method decay="$5" seed="$6" every="${7:-$EVERY}"
     local rmin="${8:-0.6666}" rmax="${9:-3}"
@@ -217,6 +230,10 @@ ad_run() {
     [[ "$NO_WANDB" == 1 ]] && cmd+=(--no_wandb)
     # shellcheck disable=SC2206
     [[ -n "$DATA_ARGS" ]] && cmd+=($DATA_ARGS)
+    local prepared
+    prepared="$(ad_prepared_args)" || return 2
+    # shellcheck disable=SC2206
+    [[ -n "$prepared" ]] && cmd+=($prepared)
     (( ${#run_extra[@]} )) && cmd+=("${run_extra[@]}")
     # shellcheck disable=SC2206
     [[ -n "$EXTRA_ARGS" ]] && cmd+=($EXTRA_ARGS)

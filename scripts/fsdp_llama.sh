@@ -12,6 +12,9 @@
 #   when NNODES > 1)   RDZV_ID (alphadecay-<model>)   METHOD none|uniform|awd|adadecay|alphadecay
 #   OPTIMIZER adam|adamw   WD (1e-5)   STEPS (100000)   WARMUP (STEPS/10)   LR (1e-3)   TOTAL_BATCH (512)
 #   MICRO_BATCH (1b: 16, 3b: 8, 7b: 4)   DATA_ARGS (empty: stream C4 from the hub)   OUT (runs; the run lives in $OUT/fsdp/<name>)
+#   PREPARED: a folder tokenized once (no network on the nodes; a run resumes on any number of GPUs), e.g.
+#     alphadecay prepare-data --tokenizer t5-base --output /data/c4-t5 --dataset_name allenai/c4 --dataset_config en --workers 16
+#     PREPARED=/data/c4-t5 MODEL=7b bash scripts/fsdp_llama.sh     # and every other run from the same folder
 #   SEED (5)   DTYPE (bf16-mixed; bfloat16 = the release's pure bf16)   KEEP_LAST (2: the newest checkpoints kept; a 7B one with Adam's state is about 80 GB; 0 = all)
 #   NO_WANDB=1   EXTRA_ARGS (appended, e.g. "--activation_checkpointing")   DRY_RUN=1
 # Memory per GPU for each size: the README's FSDP table (python bench/memory_table.py).
@@ -48,13 +51,14 @@ name="${stem}-fsdp-${OPTIMIZER}-${method}-wd${WD}-s${SEED}"
 # ulp of the weight and freezes Adam's second moment (0.999 * v rounds back to v), and under FSDP2 the float32
 # state is sharded, 12 bytes per parameter divided over the ranks. DTYPE=bfloat16 runs the release's dtype.
 # shellcheck disable=SC2046,SC2086
+prepared="$(ad_prepared_args)" || exit 2
 cmd=("${launch[@]}" torchrun_main.py --fsdp --model_config "$config" --optimizer "$OPTIMIZER"
      --lr "$LR" --batch_size "$MICRO_BATCH" --total_batch_size "$TOTAL_BATCH" --num_training_steps "$STEPS"
      --warmup_steps "$WARMUP" --max_length "$MAX_LENGTH" --dtype "${DTYPE:-bf16-mixed}" --seed "$SEED"
      --eval_every 1000 --save_every 1000 --save_dir "$OUT/fsdp/$name" --continue_from latest
      --keep_last_checkpoints "$KEEP_LAST"
      --name "$name" --wandb_project "$WANDB_PROJECT"
-     $(ad_method_flags "$method" "$WD" "$rmin" "$rmax" 500) $wandb_flag $DATA_ARGS $EXTRA_ARGS)
+     $(ad_method_flags "$method" "$WD" "$rmin" "$rmax" 500) $wandb_flag $DATA_ARGS $prepared $EXTRA_ARGS)
 if [[ "$DRY_RUN" == 1 ]]; then
     printf '%q ' "${cmd[@]}"; echo
     exit 0

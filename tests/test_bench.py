@@ -46,7 +46,7 @@ def test_benchmarks_print_their_ratios(tmp_path, c4_dir, t5_dir):
                   "--json", tmp_path / "step.json")
     data = _start("data.py", "--models", config, "--batch_size", 2, "--max_length", 16, "--workers", "0,1",
                   "--batches", 3, "--warmup_batches", 1, "--repeat", 1, "--model_repeat", 1,
-                  "--json", tmp_path / "data.json")
+                  "--prepare_documents", 100, "--json", tmp_path / "data.json")
 
     rows = _rows(step)
     assert json.loads((tmp_path / "step.json").read_text()) == rows
@@ -66,11 +66,13 @@ def test_benchmarks_print_their_ratios(tmp_path, c4_dir, t5_dir):
     assert json.loads((tmp_path / "data.json").read_text()) == rows
     ratios = [r for r in rows if r["bench"] == "data"]
     assert {(r["pipeline"], r["workers"]) for r in ratios} == {("ours", 0), ("ours", 1), ("release", 0),
-                                                               ("release", 1)}
+                                                               ("release", 1), ("prepared", 0), ("prepared", 1)}
     for r in ratios:
         _finite(r, "pipeline_tokens_per_s", "model_tokens_per_s", "ratio")
         assert r["ratio"] > 0
     assert {r["workers"] for r in rows if r["bench"] == "data_speedup"} == {0, 1}
+    for r in (r for r in rows if r["bench"] == "data_prepared"):
+        _finite(r, "prepared_tokens_per_s", "cpu_headroom")
 
 
 def test_loss_bench_variants_agree_on_the_loss(tmp_path, c4_dir, t5_dir):

@@ -152,7 +152,7 @@ def test_resume_across_blocks_and_epochs(tok, synth, world_size):
                           rank=world_size - 1, world_size=world_size)
         return ds, make_train_loader(ds, workers)
 
-    assert make(2)[0].strategy == ("shards" if world_size == 1 else "examples")
+    assert make(2)[0].strategy == ("shards" if world_size == 1 else "files")
     per_stream = 20 // (2 * world_size)
     reference = take(make(2)[1], 22)  # 66 documents: more than three epochs of each stream
     in_process = take(make(2)[0], 22)  # iterating the dataset directly interleaves its streams the same way

@@ -11,7 +11,8 @@ from ..errors import ConfigError, print_error
 
 TOOLS = {"analyze": ("alphadecay.cli.analyze", "per-module ESD analysis of a model and the decays AlphaDecay "
                                                "would assign"),
-         "plot-runs": ("alphadecay.cli.plot_runs", "loss, perplexity, per-type alpha and decay plots of runs")}
+         "plot-runs": ("alphadecay.cli.plot_runs", "loss, perplexity, per-type alpha and decay plots of runs"),
+         "prepare-data": ("alphadecay.cli.prepare_data", "tokenize a dataset once into a folder for long runs")}
 
 
 def parse_bool(text: str) -> bool:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: alphadecay {" + ",".join(TOOLS) + "} ...\n\nAlphaDecay's command-line tools (training: "
               "torchrun_main.py, or torchrun -m alphadecay.training).\n")
         for name, (_, text) in TOOLS.items():
-            print(f"  {name:10s} {text}")
+            print(f"  {name:12s} {text}")
         print("\n'alphadecay TOOL --help' lists a tool's options.")
         return 0 if argv else 2
     if argv[0] not in TOOLS:

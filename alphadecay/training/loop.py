@@ -35,6 +35,8 @@ from .flags.args import parse_args
 from .callbacks import Callback, TrainState
 from .checkpointing.checkpoint import Checkpointer, load_model_weights
 from .data.batches import TrainBatches, load_tokenizer, make_train_loader
+from .data.prepared import is_prepared
+from .data.select import eval_path, token_loader
 from .evaluate import Evaluator
 from .flops import Throughput, output_layer_flops_per_token, training_flops_per_token
 from .logger import RunLogger, WandbSettings, progress_bar
@@ -75,7 +77,7 @@ def train(args, callbacks: Sequence[Callback] = (), policy: PolicyFactory | None
         changed = {}   # flags that differ from the checkpoint's and may (any other is refused here)
         if resume_from is not None and not args.eval_only:
             changed = resume.compare(resume_from, checkpointer.load(resume_from), args)
-        evaluator = Evaluator(args.eval_dataset_path, tokenizer, batch_size=args.eval_batch_size,
+        evaluator = Evaluator(eval_path(args), tokenizer, batch_size=args.eval_batch_size,
                               max_length=args.max_length, target_tokens=args.target_eval_tokens,
                               rank=rt.rank, world_size=rt.world_size, device=rt.device,
                               hub=HubSource.from_args(args))
@@ -117,7 +119,8 @@ def train(args, callbacks: Sequence[Callback] = (), policy: PolicyFactory | None
                                     replicas=None if args.fsdp else Replicas(rt.world_size))
         scheduler = build_scheduler(optimizer, args.scheduler, total=args.num_training_steps,
                                     warmup=args.warmup_steps, min_ratio=args.min_lr_ratio)
-        loader = on_exit.enter_context(make_train_loader(
+        loader = on_exit.enter_context(token_loader(args, tokenizer, rt.rank, rt.world_size) if is_prepared(
+            args.dataset_path) else make_train_loader(
             TrainBatches(args.dataset_path, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
                          rank=rt.rank, world_size=rt.world_size, num_workers=args.workers, packing=args.packing,
                          hub=HubSource.from_args(args)),

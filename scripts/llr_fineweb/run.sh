@@ -14,6 +14,10 @@
 #   bash scripts/llr_fineweb/run.sh
 #   MODELS=llama_60m METHODS="uniform llr" bash scripts/llr_fineweb/run.sh
 #   SMOKE=1 bash scripts/llr_fineweb/run.sh     # offline, toy scale on the local C4 sample; numbers mean nothing
+#   # prepare once (FineWeb has no validation split: hold out documents), then train every run from the folder:
+#   alphadecay prepare-data --tokenizer t5-base --output /data/fineweb-t5 --dataset_name HuggingFaceFW/fineweb \
+#       --dataset_config sample-10BT --holdout_docs 10000 --workers 16
+#   PREPARED=/data/fineweb-t5 bash scripts/llr_fineweb/run.sh
 # Then: python scripts/make_tables.py runs/llr_fineweb --table llr
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

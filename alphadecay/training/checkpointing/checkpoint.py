@@ -185,6 +185,9 @@ def _remove_dir(path: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+GLOBAL_DATA_FORMAT = "alphadecay.token_batches.v1"   # data/tokens.py's STATE_FORMAT
+
+
 def load_state(path: str, rank: int, world_size: int) -> dict:
     file = os.path.join(path, STATE_FILE)
     if not os.path.isfile(file):
@@ -197,10 +200,18 @@ def load_state(path: str, rank: int, world_size: int) -> dict:
         raise ConfigError(f"{file!r} cannot be loaded safely ({one_line(e, 200)}); "
                           f"it is damaged or was not written by this program") from None
     _require_entries(file, state)
+    ranks = state.pop("ranks")
     if state["world_size"] != world_size:
-        raise ConfigError(f"checkpoint {path!r} was written by {state['world_size']} ranks, this run has {world_size}; "
-                          f"resume with --nproc_per_node={state['world_size']} (the data position is per rank)")
-    state.update(state.pop("ranks")[rank])
+        # A prepared folder's position is global (the same on every rank): any world size continues it. The
+        # generators then come from rank 0's entry (the models here draw nothing at random while training).
+        if not all(r["data"].get("format") == GLOBAL_DATA_FORMAT for r in ranks if isinstance(r.get("data"), dict)):
+            raise ConfigError(f"checkpoint {path!r} was written by {state['world_size']} ranks, this run has "
+                              f"{world_size}, and its data (streamed text) has a position per rank; resume with "
+                              f"--nproc_per_node={state['world_size']}, or train from a folder written by "
+                              f"'alphadecay prepare-data', whose runs resume on any number of ranks")
+        state.update(ranks[rank] if rank < len(ranks) else ranks[0])
+        return state
+    state.update(ranks[rank])
     return state
 
 

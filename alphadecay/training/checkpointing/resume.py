@@ -114,6 +114,8 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
     old, new = {**ADDED_LATER, **saved["args"]}, vars(args)
     per_group_lrs = getattr(args, "lr_strategy", None) in ("llr", "sharpness") or args.optimizer == "muon"
     may_change = MAY_CHANGE - _FIXED_UNDER_LLR if per_group_lrs else MAY_CHANGE
+    if _prepared(args.dataset_path):   # batches by global index: the update's sequences stay those of the run
+        may_change = may_change | BY_GLOBAL_INDEX
     for flag in sorted(set(old) & set(new) - may_change - NOT_COMPARED):
         if not _same_value(flag, old[flag], new[flag]):
             raise ConfigError(f"--{flag} cannot change on resume: checkpoint {path!r} was trained with "
@@ -125,6 +127,15 @@ def compare(path: str, state: dict, args) -> dict[str, list]:
         raise ConfigError(f"--num_training_steps {args.num_training_steps} is below checkpoint {path!r}'s update "
                           f"{step}; pass at least {step} (the schedule's length counts the updates already done)")
     return {f: [old[f], new[f]] for f in sorted(set(old) & set(new) & may_change) if old[f] != new[f]}
+
+
+# With a prepared folder (--total_batch_size, compared, fixes the sequences of an update) these only split the work.
+BY_GLOBAL_INDEX = frozenset(("batch_size", "gradient_accumulation", "workers"))
+
+
+def _prepared(path) -> bool:
+    from ..data.prepared import is_prepared
+    return is_prepared(path)
 
 
 # Flags naming a file or folder: the same place spelled another way (another working directory, a '..') is the same.

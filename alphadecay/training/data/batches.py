@@ -9,10 +9,12 @@ Training stream (:class:`TrainBatches`), per rank:
    ``buffer_size`` documents.
 3. The shards are split over ``G = world_size * W`` logical streams (``W = max(1, num_workers)`` per rank) with two
    nested ``split_dataset_by_node`` calls. Whole shards are dealt out round-robin when there are at least ``G`` of them
-   (strategy ``"shards"``; streams may then get unequal numbers of files); with fewer shards than streams every
-   stream reads all files and keeps one document in ``G`` (strategy ``"examples"``), which costs ``G`` times the
-   reading. datasets' own ``"auto"`` would fall back to ``"examples"`` whenever ``G`` does not divide the shard
-   count, e.g. 1024 C4 shards over 3 workers, which is why the strategy is chosen here.
+   (strategy ``"shards"``; streams may then get unequal numbers of files). With fewer shards ``F`` than streams
+   (FineWeb's sample-10BT has 15 files, 8 ranks x 8 workers make 64 streams), global stream ``g`` reads only file
+   ``g % F`` (in every epoch) and keeps every ``c``-th document of it (``c``: the streams sharing that file),
+   strategy ``"files"``; with one file every stream reads it and keeps one document in ``G`` (``"examples"``).
+   datasets' own ``"auto"`` would fall back to ``"examples"`` whenever ``G`` does not divide the shard count, e.g.
+   1024 C4 shards over 3 workers, which is why the strategy is chosen here.
 4. Each stream reads ``shuffle_buffer`` documents at a time and permutes that block with a generator seeded by
    ``(shuffle_seed, epoch, stream, block)``, so a block can be rebuilt exactly from the datasets state at its start.
 5. Documents are tokenized ``batch_size`` at a time (one batched fast-tokenizer call) into ``[batch_size, max_length]``
@@ -47,6 +49,7 @@ from datasets.distributed import split_dataset_by_node
 from ...errors import ConfigError, one_line
 from . import workers
 from .encode import encode_rows
+from .retry import resilient_blocks
 from .text_sources import HUB_DATASET, HubSource, _hub_unreachable, load_documents, resolve_data_files
 
 __all__ = ["load_tokenizer", "resolve_data_files", "load_documents", "TrainBatches", "ResumableLoader",
@@ -154,27 +157,36 @@ class _DocStream:
         return {"epoch": self.epoch, "block": self.block, "offset": self.offset, "source": self.source,
                 "skipped": self.skipped}
 
-    def _dataset(self):
+    def _dataset(self, source):
         owner = self.owner
         ds = owner.documents.shuffle(seed=owner.shuffle_seed, buffer_size=1, max_buffer_input_shards=1)
-        ds = split_dataset_by_node(ds, rank=owner.rank, world_size=owner.world_size, strategy=owner.strategy)
-        ds = split_dataset_by_node(ds, rank=self.index, world_size=owner.num_streams, strategy=owner.strategy)
+        if owner.strategy == "files":   # one file, shared document-wise with the other streams that read it
+            streams = owner.world_size * owner.num_streams
+            file, sharers = self.stream % owner.num_shards, len(range(self.stream % owner.num_shards, streams,
+                                                                      owner.num_shards))
+            ds = ds.shard(num_shards=owner.num_shards, index=file, contiguous=False)
+            if sharers > 1:
+                ds = split_dataset_by_node(ds, rank=self.stream // owner.num_shards, world_size=sharers,
+                                           strategy="examples")
+        else:
+            ds = split_dataset_by_node(ds, rank=owner.rank, world_size=owner.world_size, strategy=owner.strategy)
+            ds = split_dataset_by_node(ds, rank=self.index, world_size=owner.num_streams, strategy=owner.strategy)
         ds.set_epoch(self.epoch)
-        if self.source is not None:
-            ds.load_state_dict(self.source)
+        if source is not None:
+            ds.load_state_dict(source)
         return ds
 
     def __iter__(self):
         owner = self.owner
         while True:
             whole_epoch = self.source is None and self.block == 0 and self.offset == 0
-            ds, kept = self._dataset(), 0
+            kept = 0
             # ds.iter, not iter(ds): inside a DataLoader worker iter(ds) would split the shards by worker again.
-            blocks = ds.iter(batch_size=owner.shuffle_buffer)
+            # A transient network error re-opens the stream at the last block's state (retry.py).
+            blocks = resilient_blocks(self._dataset, owner.shuffle_buffer, owner.source_name, self.source)
             with _quiet_shuffle_buffer_warning():  # the state is loaded when the first block is fetched
                 first = next(blocks, None)
-            for block in itertools.chain([first] if first is not None else [], blocks):
-                after_block = ds.state_dict()
+            for block, after_block in itertools.chain([first] if first is not None else [], blocks):
                 texts, flags = block["text"], block.get("undecodable")
                 seed = [owner.shuffle_seed, self.epoch, self.stream, self.block]
                 order = np.random.default_rng(seed).permutation(len(texts))
@@ -222,14 +234,16 @@ class TrainBatches(torch.utils.data.IterableDataset):
         self.source_name = f"'{path}'" if path is not None else hub.describe(split)
         self.documents = load_documents(path, split, hub)
         self.num_shards = self.documents.num_shards
-        self.strategy = "shards" if self.num_shards >= world_size * self.num_streams else "examples"
+        streams = world_size * self.num_streams
+        self.strategy = "shards" if self.num_shards >= streams else "files" if self.num_shards > 1 else "examples"
         self._progress = self._fresh_state()
 
     def _settings(self) -> dict:
         return {"data": "hub" if self.from_hub else "files", "num_shards": self.num_shards,
                 "rank": self.rank, "world_size": self.world_size, "data_streams": self.num_streams,
                 "batch_size": self.batch_size, "max_length": self.max_length, "packing": self.packing,
-                "shuffle_seed": self.shuffle_seed, "shuffle_buffer": self.shuffle_buffer}
+                "shuffle_seed": self.shuffle_seed, "shuffle_buffer": self.shuffle_buffer,
+                **({"split": "files"} if self.strategy == "files" else {})}
 
     def _fresh_state(self) -> dict:
         return {"format": STATE_FORMAT, "settings": self._settings(), "batches": 0, "skipped_documents": 0,

@@ -9,6 +9,8 @@ from .batches import _check_positive, _check_rank, _usable, logger
 from .encode import encode_rows
 from ...errors import ConfigError
 from .text_sources import HubSource, load_documents
+from .prepared import is_prepared, open_prepared
+from .tokens import eval_token_batches
 
 EVAL_SEED = 42     # the paper's val_data.shuffle(seed=42)
 _EVAL_CACHE: dict = {}  # one entry: the batches of the last complete evaluation pass
@@ -31,6 +33,9 @@ def eval_batches(path, tokenizer, *, batch_size, max_length, target_eval_tokens,
     """
     _check_positive(batch_size=batch_size, max_length=max_length)
     _check_rank(rank, world_size)
+    if is_prepared(path):   # tokens already: nothing to cache
+        return eval_token_batches(open_prepared(path, tokenizer), batch_size=batch_size, max_length=max_length,
+                                  target_eval_tokens=target_eval_tokens, rank=rank, world_size=world_size)
     key = (str(path), hub if path is None else None, id(tokenizer), getattr(tokenizer, "name_or_path", None), len(tokenizer), batch_size,
            max_length, target_eval_tokens, rank, world_size)
     if cache and key in _EVAL_CACHE:

@@ -130,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = p.add_argument_group("data")
     d.add_argument("--dataset_path", default=None,
-                   help="local training text: a file, glob or folder of json/jsonl/json.gz/parquet/txt "
-                        "(default: stream allenai/c4 'en' from the hub)")
+                   help="local training text: a file, glob or folder of json/jsonl/json.gz/parquet/txt, or a folder "
+                        "written by alphadecay prepare-data (default: stream allenai/c4 'en' from the hub)")
     d.add_argument("--eval_dataset_path", default=None,
-                   help="local validation text (default: the hub dataset's --eval_split)")
+                   help="local validation text or a prepared folder (default: a prepared --dataset_path's "
+                        "validation split, else the hub dataset's --eval_split)")
     d.add_argument("--dataset_name", default="allenai/c4",
                    help="hub dataset streamed without --dataset_path, e.g. HuggingFaceFW/fineweb")
     d.add_argument("--dataset_config", default="en",
@@ -299,8 +300,9 @@ def check_model_config(path: str, max_length: int | None = None):
 
 def _check_data_paths(args) -> None:
     from ..data.text_sources import resolve_data_files
+    from ..data.prepared import is_prepared
     for flag in ("dataset_path", "eval_dataset_path"):
-        if getattr(args, flag) is not None:
+        if getattr(args, flag) is not None and not is_prepared(getattr(args, flag)):   # opened (and checked) later
             try:
                 resolve_data_files(getattr(args, flag))
             except ConfigError as e:
