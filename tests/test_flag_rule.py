@@ -37,6 +37,7 @@ def test_every_flag_is_declared_exactly_once():
                                     ("ALWAYS_VALID", features.ALWAYS_VALID)) if dest in table]
         assert len(where) == 1, f"--{dest} is in {where or 'no table'}: declare it in exactly one table of " \
                                 f"alphadecay/training/flags/features.py"
+    assert set(features.WARN_WHEN_OFF) <= set(features.NEEDS)
     declared = set(features.NEEDS) | set(features.RELEASE_ONLY) | features.ALWAYS_VALID
     assert declared - {"help"} <= set(ACTIONS), sorted(declared - set(ACTIONS) - {"help"})
 
@@ -44,11 +45,15 @@ def test_every_flag_is_declared_exactly_once():
 @pytest.mark.parametrize("dest", sorted(features.NEEDS))
 def test_a_feature_flag_without_its_switch_is_an_error_naming_it(dest):
     flag, value, need = f"--{dest}", _value(ACTIONS[dest]), features.NEEDS[dest]
-    with pytest.raises(ConfigError) as e:
-        _check([flag, *value])
-    message = str(e.value)
     switch = need.conditions[0][0]
-    assert "\n" not in message and message.startswith(f"{flag} needs {switch}; add it or drop the flag"), message
+    if dest in features.WARN_WHEN_OFF:   # the release's scripts pass it harmlessly: one line, and the run goes on
+        warnings = _check([flag, *value])
+        assert len(warnings) == 1 and warnings[0].startswith(f"warning: {flag} does nothing without {switch}")
+    else:
+        with pytest.raises(ConfigError) as e:
+            _check([flag, *value])
+        message = str(e.value)
+        assert "\n" not in message and message.startswith(f"{flag} needs {switch}; add it or drop the flag"), message
     assert _check([*need.enable, flag, *value]) == []   # with its switch: accepted, no warning
 
 
@@ -78,7 +83,7 @@ def test_presence_not_value_counts():
     (["--use_modulewise_wd", "--esd_metric_for_tb", "gradnorm", "--eigs_thresh", "50"],
      "--eigs_thresh needs --use_modulewise_wd (with an ESD metric) or --use_modulewise_lr"),
     (["--lr_strategy", "sharpness", "--lr_max_ratio", "5"], "--lr_max_ratio needs --use_modulewise_lr"),
-    (["--use_AWD_NeurIPS2023", "--alpha_positively_with_WD"], "--alpha_positively_with_WD needs --use_modulewise_wd"),
+    (["--use_AWD_NeurIPS2023", "--unbalancedWD_every", "500"], "--unbalancedWD_every needs --use_modulewise_wd"),
 ])
 def test_a_switch_that_does_not_read_the_flag_is_not_enough(argv, expected):
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
@@ -86,7 +91,8 @@ def test_a_switch_that_does_not_read_the_flag_is_not_enough(argv, expected):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--use_modulewise_lr", "--lr_min_ratio", "0", "--lr_max_ratio", "0"], "every module LLR tunes a learning rate of 0"),
+    (["--use_modulewise_lr", "--lr_min_ratio", "0", "--lr_max_ratio", "0"],
+     "every module LLR tunes a learning rate of 0"),
     (["--use_modulewise_lr", "--lr_assign_func", "tb_sqrt", "--lr_min_ratio", "0", "--lr_max_ratio", "0"],
      "the embeddings and the output layer a learning rate of 0"),
     (["--use_modulewise_wd", "--wd_min_ratio", "0", "--wd_max_ratio", "0"], "every balanced module a decay of 0"),
@@ -123,6 +129,12 @@ def test_the_papers_and_the_readmes_command_lines_pass_the_rule():
              "--use_AWD_NeurIPS2023 --weight_decay 0.00001".split()]
     for argv in lines:
         assert _check(argv) == [], argv
+    # the release's Uniform and AWD command lines with the --alpha_positively_with_WD its scripts add everywhere
+    for argv, strategy in ((["--weight_decay", "0.00001"], "uniform"), (["--use_AWD_NeurIPS2023"], "awd")):
+        warnings = _check(argv + ["--alpha_positively_with_WD"])
+        assert warnings == [f"warning: --alpha_positively_with_WD does nothing without --use_modulewise_wd (or "
+                            f"--strategy alphadecay/adadecay) (the release's scripts pass it to every method); this "
+                            f"run is --strategy {strategy}"]
 
 
 def test_no_import_cycle_among_the_flag_modules():

@@ -82,14 +82,21 @@ def shrunk_release_command(save_dir, modulewise=True):
     for flag, value in SHRINK.items():
         argv[argv.index(flag) + 1] = value
     if not modulewise:   # the Uniform run only has to show its decays: half as long (bf16 is slow on a CPU)
+        # The release's Uniform scripts: no switch, no module-wise flags but the --alpha_positively_with_WD they
+        # all pass (a warning here; the others would be refused without --use_modulewise_wd).
+        for flag in ("--unbalancedWD_every", "--esd_metric_for_tb", "--assign_func", "--wd_min_ratio",
+                     "--wd_max_ratio"):
+            del argv[argv.index(flag):argv.index(flag) + 2]
         argv.remove("--use_modulewise_wd")
         argv[argv.index("--num_training_steps") + 1] = "2"
     return argv + ["--max_length", "32", "--workers", "0", "--save_dir", str(save_dir), "--no_wandb"] + data_flags(DATA_DIR)
 
 
-def test_release_readme_command_runs_alphadecay_and_uniform_without_the_switch(tmp_path):
+def test_release_readme_command_runs_alphadecay_and_uniform_without_the_switch(tmp_path, capsys):
     assert run_main(shrunk_release_command(tmp_path / "ad")) == 0
+    assert "warning: --alpha_positively_with_WD" not in capsys.readouterr().err
     assert run_main(shrunk_release_command(tmp_path / "uni", modulewise=False)) == 0
+    assert "warning: --alpha_positively_with_WD does nothing without --use_modulewise_wd" in capsys.readouterr().err
     ad, uni = records(tmp_path / "ad", "config")[0], records(tmp_path / "uni", "config")[0]
     assert ad["config"]["strategy"] == "alphadecay" and uni["config"]["strategy"] == "uniform"
     assert ad["config"]["gradient_accumulation"] == 2

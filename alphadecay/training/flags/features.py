@@ -1,7 +1,8 @@
 """One rule for the flags of a feature that is off: passing one is an error that names the switch.
 
 Every flag of ``torchrun_main.py`` is in exactly one table here (tests/test_flag_rule.py walks the parser, so a new
-flag cannot escape): ``NEEDS`` (a method's or optimizer's own flag, with what must be on for it to be read),
+flag cannot escape): ``NEEDS`` (a method's or optimizer's own flag, with what must be on for it to be read;
+``WARN_WHEN_OFF``: those of them the release's scripts pass harmlessly, a one-line warning instead),
 ``RELEASE_ONLY`` (the release's flags that do nothing here: a one-line warning) or ``ALWAYS_VALID`` (read by every
 run, or a switch itself). "Passed" means given on the command line, whatever its value (``passed_flags``), so a
 flag written with its default is caught too. Ratios that zero every tuned module's LR or decay are errors as well.
@@ -61,6 +62,12 @@ NEEDS: dict[str, Need] = {
                         "linear_steps", "LLR_ratio", "lr_min_ratio")},
 }
 
+# Feature flags that the release's own scripts pass where they are not read (ALGORITHM.md section 6: its scripts
+# pass --alpha_positively_with_WD to every method): without their switch, a one-line warning instead of the error.
+WARN_WHEN_OFF = {
+    "alpha_positively_with_WD": "the release's scripts pass it to every method",
+}
+
 # The release's flags that do nothing here: its command lines still run, with one line saying so.
 RELEASE_ONLY = {
     "batchnorm": "LLaMA has no BatchNorm",
@@ -111,6 +118,9 @@ def check_feature_flags(args, passed, order=None) -> list[str]:
     order = list(order or sorted(passed))
     off = [(f, NEEDS[f].missing(args)) for f in order if f in passed and f in NEEDS]
     off = [(f, switch) for f, switch in off if switch is not None]
+    warnings = [f"warning: --{f} does nothing without {switch} ({WARN_WHEN_OFF[f]}); this run is --strategy "
+                f"{args.strategy}" for f, switch in off if f in WARN_WHEN_OFF]
+    off = [(f, switch) for f, switch in off if f not in WARN_WHEN_OFF]
     if off:
         switch = off[0][1]
         flags = [f"--{f}" for f, s in off if s == switch]
@@ -118,7 +128,7 @@ def check_feature_flags(args, passed, order=None) -> list[str]:
         verb, them = ("needs", "the flag") if len(flags) == 1 else ("need", "them")
         require(False, f"{names} {verb} {switch}; add it or drop {them}")
     _check_zero_ratios(args, passed)
-    return [f"warning: --{f} is accepted for the release's command lines and does nothing here ({why})"
+    return warnings + [f"warning: --{f} is accepted for the release's command lines and does nothing here ({why})"
             for f, why in RELEASE_ONLY.items() if f in passed]
 
 
