@@ -15,8 +15,11 @@ WD = 1e-2
 @pytest.mark.parametrize("strategy", ["none", "uniform", "alphadecay", "awd", "adadecay"])
 def test_each_strategy_trains_and_logs(tmp_path, strategy):
     steps = 16
-    argv = tiny_run_flags(tmp_path, steps=steps, eval_every=8, unbalancedWD_every=5, weight_decay=WD,
-                          strategy=strategy, alpha_positively_with_WD="") + data_flags(DATA_DIR)
+    # module-wise flags only where they are read: elsewhere they are refused (training/flags/features.py)
+    modulewise = {"unbalancedWD_every": 5, "alpha_positively_with_WD": ""} if strategy in ("alphadecay", "adadecay") \
+        else {}
+    argv = tiny_run_flags(tmp_path, steps=steps, eval_every=8, weight_decay=WD, strategy=strategy,
+                          **modulewise) + data_flags(DATA_DIR)
     if strategy == "none":
         argv[argv.index("--weight_decay") + 1] = "0"
     assert run_main(argv) == 0
