@@ -155,3 +155,27 @@ def test_no_import_cycle_among_the_flag_modules():
             reach(d, seen + (start,))
     for module in graph:
         reach(module)
+
+
+def test_every_shipped_script_command_passes_the_rule(tmp_path):
+    """The tables' scripts as they launch (DRY_RUN prints each command): none refused, none warned."""
+    import os
+    import shlex
+    import subprocess
+    repo = pathlib.Path(__file__).parents[1]
+    runs = [("scripts/table2_adam/run.sh", {}), ("scripts/table12_adamw/run.sh", {}),
+            ("scripts/table11_interval/run.sh", {}), ("scripts/table5_gpt_nano/run.sh", {}),
+            ("scripts/llr_fineweb/run.sh", {})]
+    runs += [("scripts/compare_strategies.sh", {"GRID": g}) for g in ("decay", "llr", "muon")]
+    runs += [("scripts/fsdp_llama.sh", {"METHOD": m}) for m in ("wd0", "uniform", "awd", "adadecay", "alphadecay")]
+    lines = []
+    for script, env in runs:
+        out = subprocess.run(["bash", str(repo / script)], capture_output=True, text=True, cwd=repo, timeout=120,
+                             env={**os.environ, "DRY_RUN": "1", "NGPUS": "0", "OUT": str(tmp_path), **env}).stdout
+        found = [line for line in out.splitlines() if "torchrun_main.py" in line]
+        assert found, (script, env, out[-500:])
+        lines += found
+    for line in lines:
+        argv = shlex.split(line.split("torchrun_main.py", 1)[1])
+        assert _check(argv) == [], line
+    assert len(lines) > 100
