@@ -78,13 +78,13 @@ def loop_argv(args, paths, save_dir, strategy="uniform", interval=500) -> list[s
     argv = ["--model_config", args.model_config, "--batch_size", str(args.batch_size),
             "--max_length", str(args.max_length), "--gradient_accumulation", str(args.accum),
             "--num_training_steps", str(args.warmup + args.updates), "--warmup_steps", "1",
-            "--lr", "1e-3", "--weight_decay", "1e-5", "--strategy", strategy, "--unbalancedWD_every", str(interval),
+            "--lr", "1e-3", "--weight_decay", "1e-5", "--strategy", strategy,
             "--eval_every", "0", "--target_eval_tokens", "1", "--save_every", str(10 ** 9), "--log_every", "1",
             "--workers", str(args.workers), "--save_dir", save_dir, "--dataset_path", paths["train"],
             "--eval_dataset_path", paths["eval"], "--tokenizer", paths["tokenizer"], "--device", args.device,
             "--dtype", args.dtype, "--no_wandb"]
-    if strategy == "alphadecay":
-        argv.append("--alpha_positively_with_WD")
+    if strategy == "alphadecay":   # module-wise flags only with module-wise decay (features.NEEDS)
+        argv += ["--alpha_positively_with_WD", "--unbalancedWD_every", str(interval)]
     if args.compile:
         argv.append("--compile")
     return argv

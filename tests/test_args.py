@@ -18,7 +18,7 @@ def test_switches_and_strategy_resolution():
     assert ada.strategy == "adadecay"
     assert parse_args(CFG + ["--use_AWD_NeurIPS2023"]).strategy == "awd"
     assert parse_args(CFG).alpha_positively_with_WD is False
-    assert parse_args(CFG + ["--remove_last_layer", "False"]).remove_last_layer is False
+    assert parse_args(CFG + ["--use_modulewise_wd", "--remove_last_layer", "False"]).remove_last_layer is False
     with pytest.raises(ConfigError):
         parse_args(CFG + ["--strategy", "uniform", "--use_modulewise_wd"])
 

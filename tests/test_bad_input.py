@@ -151,6 +151,12 @@ FLAG_CASES = {
     "negative_workers": ([], {"--workers": -1}, "--workers must be >= 0"),
     "overwrite_and_continue": (["--overwrite", "--continue_from", "latest"], {}, "pass only one of them"),
     "fsdp_without_torchrun": (["--fsdp"], {}, "--fsdp shards over torchrun's ranks"),
+    # a feature's flag without its switch, at its default value (features.py; every flag: tests/test_flag_rule.py)
+    "muon_flag_without_muon": (["--muon_momentum", "0.95"], {}, "--muon_momentum needs --optimizer muon"),
+    "llr_flags_without_llr": (["--lr_max_ratio", "5", "--linear_steps", "50"], {},
+                              "--lr_max_ratio and --linear_steps need --use_modulewise_lr"),
+    "llr_ratios_all_zero": (["--use_modulewise_lr", "--lr_min_ratio", "0", "--lr_max_ratio", "0"], {},
+                            "a learning rate of 0"),
 }
 
 

@@ -197,7 +197,7 @@ def test_muon_lr_without_muon_and_unknown_adjust_fn(monkeypatch, capsys):
     monkeypatch.chdir(alphadecay.__file__.rsplit("/alphadecay/", 1)[0])
     argv = _flags("--muon_lr", "1e-3")
     argv[argv.index("muon")] = "adamw"
-    with pytest.raises(ConfigError, match="--muon_lr 0.001 needs --optimizer muon"):
+    with pytest.raises(ConfigError, match="--muon_lr needs --optimizer muon; add it or drop the flag"):
         parse_args(argv)
     with pytest.raises(SystemExit) as e:
         parse_args(_flags("--muon_adjust_lr_fn", "bogus"))
@@ -325,7 +325,7 @@ def test_muon_ns_dtype_flag(monkeypatch, capsys):
     argv[argv.index("muon")] = "adamw"
     with pytest.raises(ConfigError) as e:
         parse_args(argv)
-    assert "--muon_ns_dtype float32 needs --optimizer muon" in str(e.value) and "\n" not in str(e.value)
+    assert "--muon_ns_dtype needs --optimizer muon" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(SystemExit) as e:
         parse_args(_flags("--muon_ns_dtype", "float16"))
     assert e.value.code == 2

@@ -15,8 +15,11 @@ WD = 1e-2
 @pytest.mark.parametrize("strategy", ["none", "uniform", "alphadecay", "awd", "adadecay"])
 def test_each_strategy_trains_and_logs(tmp_path, strategy):
     steps = 16
-    argv = tiny_run_flags(tmp_path, steps=steps, eval_every=8, unbalancedWD_every=5, weight_decay=WD,
-                          strategy=strategy, alpha_positively_with_WD="") + data_flags(DATA_DIR)
+    # module-wise flags only where they are read: elsewhere they are refused (training/flags/features.py)
+    modulewise = {"unbalancedWD_every": 5, "alpha_positively_with_WD": ""} if strategy in ("alphadecay", "adadecay") \
+        else {}
+    argv = tiny_run_flags(tmp_path, steps=steps, eval_every=8, weight_decay=WD, strategy=strategy,
+                          **modulewise) + data_flags(DATA_DIR)
     if strategy == "none":
         argv[argv.index("--weight_decay") + 1] = "0"
     assert run_main(argv) == 0
@@ -82,14 +85,21 @@ def shrunk_release_command(save_dir, modulewise=True):
     for flag, value in SHRINK.items():
         argv[argv.index(flag) + 1] = value
     if not modulewise:   # the Uniform run only has to show its decays: half as long (bf16 is slow on a CPU)
+        # The release's Uniform scripts: no switch, no module-wise flags but the --alpha_positively_with_WD they
+        # all pass (a warning here; the others would be refused without --use_modulewise_wd).
+        for flag in ("--unbalancedWD_every", "--esd_metric_for_tb", "--assign_func", "--wd_min_ratio",
+                     "--wd_max_ratio"):
+            del argv[argv.index(flag):argv.index(flag) + 2]
         argv.remove("--use_modulewise_wd")
         argv[argv.index("--num_training_steps") + 1] = "2"
     return argv + ["--max_length", "32", "--workers", "0", "--save_dir", str(save_dir), "--no_wandb"] + data_flags(DATA_DIR)
 
 
-def test_release_readme_command_runs_alphadecay_and_uniform_without_the_switch(tmp_path):
+def test_release_readme_command_runs_alphadecay_and_uniform_without_the_switch(tmp_path, capsys):
     assert run_main(shrunk_release_command(tmp_path / "ad")) == 0
+    assert "warning: --alpha_positively_with_WD" not in capsys.readouterr().err
     assert run_main(shrunk_release_command(tmp_path / "uni", modulewise=False)) == 0
+    assert "warning: --alpha_positively_with_WD does nothing without --use_modulewise_wd" in capsys.readouterr().err
     ad, uni = records(tmp_path / "ad", "config")[0], records(tmp_path / "uni", "config")[0]
     assert ad["config"]["strategy"] == "alphadecay" and uni["config"]["strategy"] == "uniform"
     assert ad["config"]["gradient_accumulation"] == 2

@@ -6,12 +6,15 @@ import json
 import math
 import os
 import re
+import sys
 
 from ...cli import parse_bool
 from ...assign import ASSIGN_FUNCS
 from ...powerlaw import PL_FITTINGS
 from ...strategies import ESD_METRICS, STRATEGIES
 from ...errors import ConfigError, one_line
+from .checks import check_numbers, require as _require
+from .features import check_feature_flags, non_default_flags, passed_flags, print_warnings
 from .lr import add_lr_flags, check_lr_flags
 from .muon import add_muon_flags, check_muon_flags
 from ..parallel.precision import ALIASES
@@ -181,11 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
 def resolve_strategy(args) -> str:
     derived = "awd" if args.use_AWD_NeurIPS2023 else (
         ("adadecay" if args.esd_metric_for_tb == "gradnorm" else "alphadecay") if args.use_modulewise_wd
@@ -223,14 +221,6 @@ _WEIGHT_DECAY_RULES = [
     ("alpha_every", lambda v: v is None or v >= 0, ">= 0 (0 = only at the start)"),
     ("wd_min_ratio", lambda v: v >= 0, ">= 0"), ("wd_max_ratio", lambda v: v >= 0, ">= 0"),
 ]
-
-
-def check_numbers(args, rules) -> None:
-    """Each (flag, test, what it must be) of ``rules``, or a ConfigError naming the flag."""
-    for flag, ok, need in rules:
-        value = getattr(args, flag)
-        finite = not isinstance(value, float) or math.isfinite(value)
-        _require(finite and ok(value), f"--{flag} must be {need} and finite, got {value}; pass a valid value")
 
 
 def check_weight_decay_flags(args) -> None:
@@ -312,9 +302,20 @@ def _check_data_paths(args) -> None:
                  f"(defaults: allenai/c4, text, validation)")
 
 
-def validate(args, world_size: int = 1):
-    """Check everything that can be checked before any work; raise ConfigError with a one-line fix."""
+def check_flags(args, passed: frozenset[str] | None = None) -> list[str]:
+    """The flags' own checks, in-process and without files: values, then the rule for the flags of a feature that
+    is off (``features``; ``passed``: the dests on the command line, default: those that differ from the defaults).
+    Returns the warnings to print."""
     _check_numbers(args)
+    parser = build_parser()
+    if passed is None:
+        passed = non_default_flags(parser, args)
+    return check_feature_flags(args, passed, order=[a.dest for a in parser._actions])
+
+
+def validate(args, world_size: int = 1, passed: frozenset[str] | None = None):
+    """Check everything that can be checked before any work; raise ConfigError with a one-line fix."""
+    print_warnings(check_flags(args, passed))
     if not args.eval_only:
         check_model_config(args.model_config, args.max_length)
     _check_data_paths(args)
@@ -362,4 +363,7 @@ def validate(args, world_size: int = 1):
 
 
 def parse_args(argv=None, world_size: int = 1):
-    return validate(build_parser().parse_args(argv), world_size)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return validate(args, world_size, passed=passed_flags(parser, argv))

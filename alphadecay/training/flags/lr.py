@@ -5,6 +5,7 @@ import argparse
 
 from ...assign import ASSIGN_FUNCS
 from ...errors import ConfigError
+from .checks import check_numbers
 
 LR_STRATEGIES = ("uniform", "llr", "sharpness")
 
@@ -44,7 +45,6 @@ _RULES = [("unbalancedlr_every", lambda v: v >= 1, ">= 1"), ("lr_min_ratio", lam
 
 def check_lr_flags(args) -> None:
     """Validates the LLR flags and sets ``args.lr_strategy`` (``llr`` with --use_modulewise_lr, else uniform)."""
-    from .args import check_numbers
     check_numbers(args, _RULES)
     if args.lr_min_ratio > args.lr_max_ratio:
         raise ConfigError(f"need --lr_min_ratio <= --lr_max_ratio, got {args.lr_min_ratio} and {args.lr_max_ratio}")

@@ -10,9 +10,9 @@ import argparse
 import math
 
 from ...cli import parse_bool
-from ...errors import ConfigError
 from ...muon import ADJUST_LR_FNS
 from ...newton_schulz import NS_DTYPES
+from .checks import require
 
 
 def add_muon_flags(p: argparse.ArgumentParser) -> None:
@@ -34,15 +34,7 @@ def add_muon_flags(p: argparse.ArgumentParser) -> None:
 
 
 def check_muon_flags(args) -> None:
-    def require(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
-    muon = args.optimizer == "muon"
-    require(args.muon_lr is None or muon, f"--muon_lr {args.muon_lr} needs --optimizer muon; drop it or pass "
-                                          f"--optimizer muon")
-    require(args.muon_ns_dtype == "bfloat16" or muon, f"--muon_ns_dtype {args.muon_ns_dtype} needs --optimizer "
-                                                      f"muon; drop it or pass --optimizer muon")
+    # Without --optimizer muon these flags are refused as passed (features.NEEDS), whatever their values.
     require(args.muon_lr is None or (math.isfinite(args.muon_lr) and args.muon_lr > 0),
             f"--muon_lr must be positive and finite, got {args.muon_lr}; pass a value such as --lr's, or drop it")
     require(math.isfinite(args.muon_momentum) and 0 <= args.muon_momentum < 1,
