@@ -18,7 +18,7 @@ def test_a_bad_replica_count_is_one_line_naming_the_fix():
     assert parse_args(CFG + ["--fsdp"], world_size=4).dp_replicate == 1
     for argv, world, fix in ((["--fsdp", "--dp_replicate", "3"], 4, "pass a divisor of the world size"),
                              (["--fsdp", "--dp_replicate", "0"], 4, "pass the number of replicas"),
-                             (["--dp_replicate", "2"], 4, "add --fsdp or drop --dp_replicate")):
+                             (["--dp_replicate", "2"], 4, "--dp_replicate needs --fsdp; add it or drop the flag")):
         with pytest.raises(ConfigError, match=fix) as e:
             parse_args(CFG + argv, world_size=world)
         assert "\n" not in str(e.value) and "--dp_replicate" in str(e.value)

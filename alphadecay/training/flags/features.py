@@ -46,6 +46,7 @@ MODULEWISE_WD = Need((_MW,), ("--use_modulewise_wd",))
 LINEAR_MAP_WD = Need((_MW, ("--assign_func tb_linear_map (the only map that reads the ratios)",
                             lambda a: a.assign_func == "tb_linear_map")), ("--use_modulewise_wd",))
 LLR = Need((_LLR,), ("--use_modulewise_lr",))
+FSDP = Need((("--fsdp", lambda a: a.fsdp),), ("--fsdp",))
 # Read by module-wise decay from an ESD metric (gradnorm has no eigenvalues) and by LLR.
 ESD_SELECTION = Need((("--use_modulewise_wd (with an ESD metric) or --use_modulewise_lr",
                        lambda a: (_modulewise(a) and a.esd_metric_for_tb != "gradnorm") or _llr(a)),),
@@ -58,6 +59,7 @@ NEEDS: dict[str, Need] = {
                                   "assign_func", "remove_first_layer", "remove_last_layer")},
     "wd_min_ratio": LINEAR_MAP_WD, "wd_max_ratio": LINEAR_MAP_WD,
     "eigs_thresh": ESD_SELECTION,
+    "dp_replicate": FSDP,           # HSDP's replicas of FSDP2's shard groups
     **{f: LLR for f in ("alpha_positively_with_lr", "unbalancedlr_every", "lr_max_ratio", "lr_assign_func",
                         "linear_steps", "LLR_ratio", "lr_min_ratio")},
 }
