@@ -4,7 +4,8 @@
     python examples/spectral_norm_policy.py <the same flags> --continue_from latest     # resume it
 
 Each linear module's weight decay is ``--weight_decay`` times its spectral norm over the mean spectral norm of all
-linear modules, reassigned every ``--unbalancedWD_every`` updates; the rest keep ``--weight_decay``. Its decay
+linear modules, reassigned every ``--unbalancedWD_every`` updates (with ``--use_modulewise_wd``, which the flags
+rule asks for beside it); the rest keep ``--weight_decay``. Its decay
 records (``metrics.jsonl``, ``"strategy": "spectral_norm"``) and its state in every checkpoint are the loop's own.
 README's "Your own policy" shows the class; ``tests/test_user_policy.py`` runs it.
 """

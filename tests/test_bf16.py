@@ -46,18 +46,22 @@ def test_per_module_decays_of_alphadecay_and_llr_reach_bf16_weights_under_muon()
                            "--lr", str(LR), "--weight_decay", str(wd), "--use_modulewise_wd",
                            "--alpha_positively_with_WD", "--use_modulewise_lr", "--num_training_steps", "16",
                            "--warmup_steps", "0", "--dtype", "bfloat16"])
-    strategies = {}
+    strategies, zero = {}, set()
 
-    def groups(model, wd):
-        strategies[id(model)] = strategy_from_args(flags(wd), model)
+    def groups(model, wd):   # the wd-0 run: the same policy and lrs, its decays set to 0 once assigned
+        strategies[id(model)] = strategy_from_args(flags(1.0), model)
+        if wd == 0:
+            zero.add(id(model))
         return strategies[id(model)].param_groups()
 
     def make(model, param_groups):
         optimizer = build_optimizer("muon", param_groups, lr=LR, device=CPU, model=model)
         strategies[id(model)].initial_assignment(optimizer)
         decays = {g["weight_decay"] for g in optimizer.muon.param_groups}
-        assert len(decays) > 1 or decays == {0.0}, decays   # module-wise decays written into the Muon groups
+        assert len(decays) > 1, decays                      # module-wise decays written into the Muon groups
         assert len({g["lr"] for g in optimizer.muon.param_groups}) > 1     # and LLR's module-wise lrs
+        for group in optimizer.param_groups if id(model) in zero else ():
+            group["weight_decay"] = 0.0
         return optimizer
 
     share = delivered(make, groups=groups)

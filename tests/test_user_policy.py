@@ -70,7 +70,8 @@ def test_a_users_policy_trains_resumes_and_logs_like_the_built_in_ones(tmp_path)
         built.append(Watched(model, args.weight_decay, every=args.unbalancedWD_every))
         return built[-1]
 
-    argv = tiny_run_flags(tmp_path, steps=8, save_every=3, unbalancedWD_every=3, weight_decay=WD) + data_flags(DATA_DIR)
+    argv = tiny_run_flags(tmp_path, steps=8, save_every=3, unbalancedWD_every=3, weight_decay=WD,
+                          use_modulewise_wd="") + data_flags(DATA_DIR)
     assert main(argv, [StopAfter(4)], policy=factory) == 0          # stopped at 4: model_3, model_4
     first = built[0]
     stopped_with = first.state_dict()

@@ -71,7 +71,8 @@ def main(out: str, data: str) -> None:
     def flags(run, *extra, **over):
         return tiny_run_flags(out / run, **{"steps": 4, "save_every": 2, "eval_every": 0, "target_eval_tokens": 100,
                                             "strategy": "alphadecay", "weight_decay": 0.1,
-                                            "unbalancedWD_every": 3, **over}) + data_flags(Path(data)) + list(extra)
+                                            **({"unbalancedWD_every": 3} if over.get("strategy") != "uniform" else {}),
+                                            **over}) + data_flags(Path(data)) + list(extra)
 
     train(flags("fsdp4", "--fsdp"))
     train(flags("hsdp", "--fsdp", "--dp_replicate", "2"))
